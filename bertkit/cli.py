@@ -1,0 +1,205 @@
+"""The ``bertkit`` command line: a thin layer over the library.
+
+Every command reads files or stdin (``-``), writes stdout or ``-o FILE``, and logs on stderr.
+A :class:`~bertkit.errors.BertkitError` becomes one ``error: ...`` line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import BertkitError
+
+app = typer.Typer(
+    help="BERT techniques for Chinese text, usable from the shell. Models default to the shipped bertkit-zh-mini.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+
+@app.callback()
+def _root() -> None:
+    """BERT techniques for Chinese text, usable from the shell."""
+
+
+# Options shared by every training command (one definition, one meaning).
+Epochs = Annotated[float, typer.Option(help="Passes over the training data.")]
+MaxSteps = Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps (overrides --epochs).")]
+BatchSize = Annotated[int, typer.Option(help="Examples per micro-batch and process.")]
+GradAccum = Annotated[int, typer.Option(help="Micro-batches accumulated per optimizer step.")]
+LearningRate = Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warmup then linear decay).")]
+Warmup = Annotated[float, typer.Option(help="Fraction of the steps spent warming up the learning rate.")]
+WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay (not applied to biases and LayerNorm).")]
+Bf16 = Annotated[bool, typer.Option("--bf16", help="Run forward passes under bfloat16 autocast.")]
+EvalEvery = Annotated[int, typer.Option(help="Evaluate every N steps (0: once per epoch).")]
+SaveEvery = Annotated[int, typer.Option(help="Write a resumable checkpoint every N steps (0: at each evaluation).")]
+Seed = Annotated[int, typer.Option(help="Random seed: same seed, same data and same result.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in -o DIR from its last checkpoint.")]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory (default: the shipped bertkit-zh-mini).")]
+
+
+def _train_config(output_dir: Path, **kw):
+    from .trainer import TrainConfig
+
+    return TrainConfig(output_dir=output_dir, **kw)
+
+
+def _threads(n: int | None) -> None:
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
+@app.command()
+def pretrain(
+    corpus: Annotated[list[str], typer.Argument(help="Plain-text files, one text a line ('-' for stdin).")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the model and checkpoints go.")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Continue from this checkpoint instead of a random init.")] = None,
+    vocab: Annotated[Optional[Path], typer.Option(help="WordPiece vocab.txt for a new model (default: bert-base-chinese's, from ../shared/data/vocab).")] = None,
+    prune_vocab: Annotated[bool, typer.Option("--prune-vocab", help="Keep only the tokens that occur in the corpus.")] = False,
+    hidden: Annotated[int, typer.Option(help="Hidden size of a new model.")] = 256,
+    layers: Annotated[int, typer.Option(help="Encoder layers of a new model.")] = 4,
+    heads: Annotated[int, typer.Option(help="Attention heads of a new model.")] = 4,
+    max_length: Annotated[int, typer.Option(help="Tokens per packed training sequence, [CLS] and [SEP] included.")] = 128,
+    mlm_head: Annotated[str, typer.Option(help="'masked': MLM head on masked positions only (fast, as in BERT); 'all': every position.")] = "masked",
+    save_fp16: Annotated[bool, typer.Option("--save-fp16", help="Store the final weights in float16 (half the size).")] = False,
+    dev_fraction: Annotated[float, typer.Option(help="Share of sequences held out to measure masked-token accuracy.")] = 0.005,
+    epochs: Epochs = 1.0,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = 64,
+    grad_accum: GradAccum = 1,
+    lr: LearningRate = 5e-4,
+    warmup: Warmup = 0.06,
+    weight_decay: WeightDecay = 0.01,
+    bf16: Bf16 = False,
+    eval_every: EvalEvery = 0,
+    save_every: SaveEvery = 0,
+    seed: Seed = 42,
+    resume: Resume = False,
+    threads: Threads = None,
+):
+    """Masked-LM pretraining with Chinese whole-word masking (jieba words, 15%, 80/10/10)."""
+    import torch
+
+    from .pretrain import ModelShape, run_pretraining
+
+    _threads(threads)
+    if mlm_head not in ("masked", "all"):
+        raise BertkitError(f"--mlm-head must be 'masked' or 'all', not {mlm_head!r}")
+    cfg = _train_config(
+        output_dir, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+        warmup_ratio=warmup, weight_decay=weight_decay, bf16=bf16, eval_every=eval_every, save_every=save_every,
+        seed=seed, resume=resume, extra={"command": "pretrain", "corpus": corpus},
+    )
+    run_pretraining(
+        corpus, cfg, init_model=model, vocab=str(vocab) if vocab else None,
+        shape=ModelShape(hidden=hidden, layers=layers, heads=heads), prune=prune_vocab, max_length=max_length,
+        dev_fraction=dev_fraction, head=mlm_head, save_dtype=torch.float16 if save_fp16 else None,
+    )
+
+
+@app.command()
+def train(
+    train_file: Annotated[str, typer.Argument(metavar="TRAIN", help="Training data: TSV with header label<TAB>text (or label<TAB>text_a<TAB>text_b), or JSONL.")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the fine-tuned model and checkpoints go.")],
+    dev: Annotated[Optional[str], typer.Option(help="Dev data in the same format: evaluated during training; the best model is kept.")] = None,
+    model: ModelOpt = None,
+    max_length: Annotated[int, typer.Option(help="Tokens per window; longer texts are split into windows, never cut.")] = 128,
+    epochs: Epochs = 3.0,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = 32,
+    grad_accum: GradAccum = 1,
+    lr: LearningRate = 5e-5,
+    warmup: Warmup = 0.1,
+    weight_decay: WeightDecay = 0.01,
+    bf16: Bf16 = False,
+    eval_every: EvalEvery = 0,
+    save_every: SaveEvery = 0,
+    seed: Seed = 42,
+    resume: Resume = False,
+    threads: Threads = None,
+):
+    """Fine-tune a sequence classifier (single texts or pairs). Runs under torchrun for DDP."""
+    from .classify import run_training
+
+    _threads(threads)
+    cfg = _train_config(
+        output_dir, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+        warmup_ratio=warmup, weight_decay=weight_decay, bf16=bf16, eval_every=eval_every, save_every=save_every,
+        seed=seed, resume=resume, extra={"command": "train", "train": train_file, "dev": dev},
+    )
+    run_training(train_file, dev, model, cfg, max_length=max_length)
+
+
+InputArg = Annotated[str, typer.Argument(metavar="INPUT", help="A .txt (one text a line), .tsv (header with text or text_a/text_b) or .jsonl file; '-' for stdin.")]
+OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")]
+
+
+@app.command()
+def predict(
+    input_file: InputArg,
+    model: Annotated[str, typer.Option("--model", "-m", help="A fine-tuned classifier directory (from bertkit train).")],
+    output: OutputOpt = None,
+    max_length: Annotated[int, typer.Option(help="Tokens per window; longer texts are split and their window probabilities averaged.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
+    threads: Threads = None,
+):
+    """Classify texts: one JSON line per input line, {"label": ..., "probs": {...}}, in input order."""
+    from .classify import Classifier, prediction_record, read_examples
+    from .textio import output_stream
+
+    _threads(threads)
+    classifier = Classifier.load(model, max_length=max_length, batch_size=batch_size)
+    with output_stream(output) as out:
+        for probs in classifier.predict_proba(read_examples(input_file, labelled=False)):
+            out.write(prediction_record(classifier.labels, probs) + "\n")
+
+
+@app.command(name="eval")
+def evaluate(
+    test_file: Annotated[str, typer.Argument(metavar="TEST", help="Labelled data, same format as for train.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="A fine-tuned classifier directory (from bertkit train).")],
+    max_length: Annotated[int, typer.Option(help="Tokens per window; longer texts are split and their window probabilities averaged.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
+    threads: Threads = None,
+):
+    """Score a classifier: prints one JSON line with accuracy, macro_f1 and n."""
+    import json
+
+    from .classify import Classifier, check_labels, load_labelled
+
+    _threads(threads)
+    classifier = Classifier.load(model, max_length=max_length, batch_size=batch_size)
+    examples = load_labelled(test_file)
+    check_labels(examples, classifier.labels, test_file, "model's")
+    print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in classifier.evaluate(examples).items()}))
+
+
+def main() -> None:
+    """Console entry point: user errors as one line, never a traceback."""
+    try:
+        app()
+    except BertkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        # The reader (e.g. `head`) went away: not an error for a pipeline.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Turning texts into model inputs without silently losing any of them.
+
+A text longer than the model's limit is split into consecutive windows of whole tokens, each
+wrapped in [CLS] ... [SEP]; callers decide how to combine the windows (classification averages
+their probabilities).  A *pair* that does not fit is truncated longest-first, and the caller is
+told how many were, so it can say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class Window:
+    input_ids: list[int]
+    token_type_ids: list[int]
+
+
+class TextEncoder:
+    def __init__(self, tokenizer, max_length: int):
+        if max_length < 8:
+            raise ValueError("max_length must be at least 8")
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.cls, self.sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+        self.pad = tokenizer.pad_token_id
+        self.truncated_pairs = 0
+
+    def tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, text: str, text_b: str | None = None) -> list[Window]:
+        """One window, or several for a single text longer than ``max_length``."""
+        a = self.tokens(text)
+        if text_b is None:
+            size = self.max_length - 2
+            chunks = [a[i : i + size] for i in range(0, len(a), size)] or [[]]
+            return [Window([self.cls, *c, self.sep], [0] * (len(c) + 2)) for c in chunks]
+        b = self.tokens(text_b)
+        budget = self.max_length - 3
+        if len(a) + len(b) > budget:
+            self.truncated_pairs += 1
+            while len(a) + len(b) > budget:
+                if len(a) >= len(b):
+                    a = a[:-1]
+                else:
+                    b = b[:-1]
+        ids = [self.cls, *a, self.sep, *b, self.sep]
+        return [Window(ids, [0] * (len(a) + 2) + [1] * (len(b) + 1))]
+
+    def pad_batch(self, windows: Sequence[Window]) -> dict[str, torch.Tensor]:
+        width = max(len(w.input_ids) for w in windows)
+        ids = torch.full((len(windows), width), self.pad, dtype=torch.long)
+        types = torch.zeros((len(windows), width), dtype=torch.long)
+        mask = torch.zeros((len(windows), width), dtype=torch.long)
+        for row, w in enumerate(windows):
+            n = len(w.input_ids)
+            ids[row, :n] = torch.tensor(w.input_ids)
+            types[row, :n] = torch.tensor(w.token_type_ids)
+            mask[row, :n] = 1
+        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}

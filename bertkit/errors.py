@@ -1,0 +1,10 @@
+"""One exception type for every failure a user can cause.
+
+The CLI turns a :class:`BertkitError` into a single ``error: ...`` line on stderr and a
+non-zero exit, so anything raised as this type must carry a message that tells the user
+what to fix, without a traceback.
+"""
+
+
+class BertkitError(Exception):
+    """A user-facing error: bad input, a missing model, an impossible option."""

@@ -1,0 +1,86 @@
+"""The shared training loop: resume after a kill, and DDP under torchrun."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import run_cli
+
+TRAIN_ARGS = ["--max-steps", "12", "--save-every", "3", "--eval-every", "6", "--batch-size", "8", "--seed", "7"]
+
+# Runs the real CLI, but SIGKILLs the process as step 8 begins: after the step-6 checkpoint,
+# before the step-9 one, like a machine that dies mid-run.
+KILL_AT_STEP_8 = """
+import os, signal, sys
+import bertkit.trainer as t
+original = t.Trainer._step
+def step(self, model, optimizer, scheduler, step, order):
+    if step == 7:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, model, optimizer, scheduler, step, order)
+t.Trainer._step = step
+from bertkit.cli import main
+sys.argv = ["bertkit"] + sys.argv[1:]
+main()
+"""
+
+
+def _weights(directory):
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_model, news_data):
+    train, dev = map(str, news_data)
+    common = ["train", train, "--dev", dev, "-m", str(tiny_model), *TRAIN_ARGS]
+    straight = tmp_path / "straight"
+    run_cli(*common, "-o", str(straight), check=True)
+
+    resumed = tmp_path / "resumed"
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_STEP_8, *common, "-o", str(resumed)],
+                            capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert killed.returncode == -9
+    state = json.loads((resumed / "checkpoints" / "last" / "state.json").read_text())
+    assert state["step"] == 6
+    assert not (resumed / "model.safetensors").exists()
+
+    again = run_cli(*common, "-o", str(resumed))
+    assert again.returncode != 0 and b"--resume" in again.stderr  # refuses to clobber a run
+    run_cli(*common, "-o", str(resumed), "--resume", check=True)
+
+    # the last weights, not only the shipped best-on-dev ones, which may come from before the kill
+    for where in (lambda d: d / "checkpoints" / "last", lambda d: d):
+        a, b = _weights(where(straight)), _weights(where(resumed))
+        assert a.keys() == b.keys()
+        for name in a:
+            assert (a[name] == b[name]).all(), name
+    sa = json.loads((straight / "trainer_state.json").read_text())
+    sb = json.loads((resumed / "trainer_state.json").read_text())
+    assert sa["step"] == sb["step"] == 12
+    assert sa["best_metric"] == sb["best_metric"]
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_train_under_torchrun_two_ranks_agree(tmp_path, tiny_model, news_data):
+    train, dev = map(str, news_data)
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "bertkit.cli", "train", train, "--dev", dev,
+         "-m", str(tiny_model), "-o", str(out), "--epochs", "2", "--batch-size", "8", "--grad-accum", "2"],
+        capture_output=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
+    checksums = state["rank_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    # 96 examples / 2 ranks / (8 x 2 accumulated) = 3 steps an epoch, 2 epochs
+    assert state["step"] == 6
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best", "last"]
+    assert not any(p.name.endswith((".tmp", ".old")) for p in out.rglob("*"))
+    assert (out / "model.safetensors").exists()
