@@ -23,6 +23,7 @@ from .encoding import TextEncoder, Window
 from .errors import BertkitError
 from .metrics import accuracy, macro_f1
 from .progress import log
+from .recompute import RecomputeOptions, setup_recompute
 from .textio import input_format, map_in_order, read_records
 from .trainer import TrainConfig, Trainer
 
@@ -135,6 +136,9 @@ class ClassifyTask:
         ]
         self.dev = dev
 
+    def length(self, item) -> int:
+        return len(item[0].input_ids)
+
     def collate(self, items, generator):
         batch = self.classifier.encoder.pad_batch([w for w, _ in items])
         batch["labels"] = torch.tensor([y for _, y in items], dtype=torch.long)
@@ -148,7 +152,7 @@ class ClassifyTask:
 
 
 def run_training(train_path: str, dev_path: str | None, model: str | None, cfg: TrainConfig,
-                 max_length: int = 128) -> dict:
+                 max_length: int = 128, recompute: RecomputeOptions = RecomputeOptions()) -> dict:
     train = load_labelled(train_path)
     labels = sorted({ex.label for ex in train})
     if len(labels) < 2:
@@ -171,6 +175,7 @@ def run_training(train_path: str, dev_path: str | None, model: str | None, cfg: 
     log(f"{len(train)} training examples, {len(dev)} dev examples, labels: {', '.join(labels)}")
     if dev:
         cfg.metric = cfg.metric or "accuracy"
+    setup_recompute(task, task.examples, cfg, recompute)
     return Trainer(task, task.examples, cfg).fit()
 
 

@@ -44,6 +44,10 @@ SaveEvery = Annotated[int, typer.Option(help="Write a resumable checkpoint every
 Seed = Annotated[int, typer.Option(help="Random seed: same seed, same data and same result.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in -o DIR from its last checkpoint.")]
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).")]
+Recompute = Annotated[str, typer.Option(help="Activation recomputation: none, full, ffn-keep, selective, every-k, or auto (profile each on one step, take the fastest that fits --max-memory).")]
+EveryK = Annotated[Optional[int], typer.Option(help="Layers per segment for --recompute every-k (default: ceil(sqrt(layers))).")]
+MaxMemory = Annotated[Optional[str], typer.Option(help="Activation memory budget for --recompute auto and --find-batch-size, e.g. 900M or 8G.")]
+FindBatch = Annotated[bool, typer.Option("--find-batch-size", help="Use the largest batch whose activations fit --max-memory (with the chosen policy).")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory (default: the shipped bertkit-zh-mini).")]
 
 
@@ -51,6 +55,12 @@ def _train_config(output_dir: Path, **kw):
     from .trainer import TrainConfig
 
     return TrainConfig(output_dir=output_dir, **kw)
+
+
+def _recompute(policy: str, every_k: int | None, max_memory: str | None, find_batch_size: bool):
+    from .recompute import RecomputeOptions
+
+    return RecomputeOptions(policy=policy, every_k=every_k, max_memory=max_memory, find_batch_size=find_batch_size)
 
 
 def _threads(n: int | None) -> None:
@@ -87,6 +97,10 @@ def pretrain(
     seed: Seed = 42,
     resume: Resume = False,
     threads: Threads = None,
+    recompute: Recompute = "none",
+    every_k: EveryK = None,
+    max_memory: MaxMemory = None,
+    find_batch_size: FindBatch = False,
 ):
     """Masked-LM pretraining with Chinese whole-word masking (jieba words, 15%, 80/10/10)."""
     import torch
@@ -105,6 +119,7 @@ def pretrain(
         corpus, cfg, init_model=model, vocab=str(vocab) if vocab else None,
         shape=ModelShape(hidden=hidden, layers=layers, heads=heads), prune=prune_vocab, max_length=max_length,
         dev_fraction=dev_fraction, head=mlm_head, save_dtype=torch.float16 if save_fp16 else None,
+        recompute=_recompute(recompute, every_k, max_memory, find_batch_size),
     )
 
 
@@ -128,6 +143,10 @@ def train(
     seed: Seed = 42,
     resume: Resume = False,
     threads: Threads = None,
+    recompute: Recompute = "none",
+    every_k: EveryK = None,
+    max_memory: MaxMemory = None,
+    find_batch_size: FindBatch = False,
 ):
     """Fine-tune a sequence classifier (single texts or pairs). Runs under torchrun for DDP."""
     from .classify import run_training
@@ -138,7 +157,8 @@ def train(
         warmup_ratio=warmup, weight_decay=weight_decay, bf16=bf16, eval_every=eval_every, save_every=save_every,
         seed=seed, resume=resume, extra={"command": "train", "train": train_file, "dev": dev},
     )
-    run_training(train_file, dev, model, cfg, max_length=max_length)
+    run_training(train_file, dev, model, cfg, max_length=max_length,
+                 recompute=_recompute(recompute, every_k, max_memory, find_batch_size))
 
 
 InputArg = Annotated[str, typer.Argument(metavar="INPUT", help="A .txt (one text a line), .tsv (header with text or text_a/text_b) or .jsonl file; '-' for stdin.")]

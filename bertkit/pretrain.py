@@ -36,6 +36,7 @@ from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 from . import modelio
 from .errors import BertkitError
 from .progress import log
+from .recompute import RecomputeOptions, setup_recompute
 from .textio import read_texts
 from .trainer import TrainConfig, Trainer
 
@@ -248,6 +249,9 @@ class PretrainTask:
         self.masker = WholeWordMasker(tokenizer)
         self.dev, self.save_dtype, self.eval_batch_size = dev, save_dtype, eval_batch_size
 
+    def length(self, seq: Sequence_) -> int:
+        return len(seq.ids)
+
     def collate(self, examples, generator):
         return collate_mlm(examples, self.masker, self.tokenizer, generator)
 
@@ -304,6 +308,7 @@ def run_pretraining(
     dev_fraction: float = 0.005,
     head: str = "masked",
     save_dtype: torch.dtype | None = None,
+    recompute: RecomputeOptions = RecomputeOptions(),
 ) -> dict:
     """Build or load a BERT, read and mask the corpus, and train with the shared loop."""
     if init_model:
@@ -334,4 +339,5 @@ def run_pretraining(
     log(f"{len(train)} training sequences, {len(dev)} held out; {sum(len(s.ids) for s in train)} tokens")
     task = PretrainTask(mlm, tokenizer, dev, head=head, save_dtype=save_dtype)
     cfg.metric = cfg.metric or ("mlm_accuracy" if dev else None)
+    setup_recompute(task, train, cfg, recompute)
     return Trainer(task, train, cfg).fit()

@@ -258,9 +258,10 @@ class Trainer:
     def fit(self) -> dict:
         cfg, task = self.cfg, self.task
         torch.manual_seed(cfg.seed)
-        model = task.model
+        model = task.model.to(default_device())
         if self.world_size > 1:
-            model = nn.parallel.DistributedDataParallel(model)
+            device_ids = [_device(model).index] if torch.cuda.is_available() else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         optimizer = build_optimizer(model, cfg)
         warmup = int(cfg.warmup_ratio * self.total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(self.total_steps, warmup))

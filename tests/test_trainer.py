@@ -65,13 +65,14 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_model, news_
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
-def test_train_under_torchrun_two_ranks_agree(tmp_path, tiny_model, news_data):
+def test_train_under_torchrun_two_ranks_agree_with_recompute(tmp_path, tiny_model, news_data):
     train, dev = map(str, news_data)
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "bertkit.cli", "train", train, "--dev", dev,
-         "-m", str(tiny_model), "-o", str(out), "--epochs", "2", "--batch-size", "8", "--grad-accum", "2"],
+         "-m", str(tiny_model), "-o", str(out), "--epochs", "2", "--batch-size", "8", "--grad-accum", "2",
+         "--recompute", "full"],
         capture_output=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
