@@ -44,7 +44,7 @@ SaveEvery = Annotated[int, typer.Option(help="Write a resumable checkpoint every
 Seed = Annotated[int, typer.Option(help="Random seed: same seed, same data and same result.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in -o DIR from its last checkpoint.")]
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).")]
-Recompute = Annotated[str, typer.Option(help="Activation recomputation: none, full, ffn-keep, selective, every-k, or auto (profile each on one step, take the fastest that fits --max-memory).")]
+Recompute = Annotated[str, typer.Option(help="Activation recomputation: none, full, ffn-keep, ffn2-keep, selective, every-k, or auto (profile each on one step, take the fastest that fits --max-memory).")]
 EveryK = Annotated[Optional[int], typer.Option(help="Layers per segment for --recompute every-k (default: ceil(sqrt(layers))).")]
 MaxMemory = Annotated[Optional[str], typer.Option(help="Activation memory budget for --recompute auto and --find-batch-size, e.g. 900M or 8G.")]
 FindBatch = Annotated[bool, typer.Option("--find-batch-size", help="Use the largest batch whose activations fit --max-memory (with the chosen policy).")]

@@ -1,35 +1,44 @@
 """Activation recomputation for BERT encoders: less memory for a little more time.
 
-Methods:
-- Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost", section 3-4: keep only the
-  outputs at segment boundaries during the forward pass, and recompute each segment's
-  internals from its boundary when the backward pass reaches it.  ``full`` uses one encoder
-  layer per segment; ``every-k`` uses segments of k layers, k = ceil(sqrt(n)) by default (their
-  O(sqrt n) schedule).  As the paper notes (section 4.1), the last segment need not be
-  recomputed: its activations are consumed at once by the backward pass, so it is left
-  un-checkpointed at no cost in peak memory.
-- Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
-  section 5 (selective activation recomputation): inside each layer keep the outputs of the
-  matrix multiplications, which are expensive to recompute, and recompute the cheap but large
-  tensors (attention scores and probabilities, softmax, GELU output, dropout masks, LayerNorm).
-  Implemented with PyTorch's selective checkpoint contexts, op by op.
-- ``ffn-keep``: our policy between the two.  A layer is recomputed fully except the output
-  projection of its feed-forward block, whose result (one hidden-sized tensor) is kept: that
-  matmul is 4/13 of a BERT layer's forward FLOPs at hidden 768 and sequence 512, so keeping one
-  extra hidden-sized tensor per layer removes ~30% of full recomputation's extra time.
+Policies (``--recompute``):
+- ``full`` -- Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost", sections 3-4:
+  keep only each encoder layer's input during the forward pass and recompute the layer when the
+  backward pass reaches it.  As the paper notes, the last segment need not be recomputed (its
+  activations are consumed at once by the backward pass), so the last layer is left
+  un-checkpointed: 1/n less recomputation at the same peak memory.
+- ``every-k`` -- Chen et al.'s O(sqrt n) schedule: segments of k layers, k = ceil(sqrt(n)) by
+  default; fewer stored boundaries, but k layers' activations alive while one segment is
+  recomputed, which for transformer layers (large insides, small boundaries) costs memory.
+- ``selective`` -- Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
+  Transformer Models", section 5: keep every matmul output, recompute only what is large but
+  cheap: the attention core (QK^T, softmax, dropout masks, x V) and the GELU output.
+- ``ffn-keep`` -- ours, between the two: ``full``, except that the outputs of each layer's two
+  feed-forward matmuls are saved (a selective checkpoint context) and only the attention block,
+  GELU, dropout and LayerNorm are recomputed.  Those two matmuls are 8/13 of a BERT-base layer's
+  forward FLOPs at sequence 512 but their outputs only 5 hidden-sized tensors per token, so this
+  keeps most of ``full``'s saving for well under half of its extra time.
+- ``auto`` -- profile one step of each on the user's model, batch and sequence length, take
+  the fastest that fits ``--max-memory`` (see :func:`setup_recompute`).
 
-All policies use non-reentrant ``torch.utils.checkpoint`` with the RNG state preserved, so dropout
-masks in the recomputation equal the original ones and gradients equal those without
-recomputation.  Non-reentrant checkpointing also gives correct gradients when the inputs do not
-require grad (frozen embeddings: the reentrant variant silently returns None gradients) and
-works under DDP and autocast.
+Every policy that recomputes also runs the attention core sample by sample under its own
+checkpoint (:func:`chunked_sdpa_attention`): with dropout on the CPU, SDPA falls back to a kernel
+that materialises batch x heads x T x T tensors, and recomputing them one sample at a time cuts
+that transient by the batch size.  This is a deviation from the papers, which assume fused GPU
+attention kernels that never build those tensors.
+
+All checkpoints are non-reentrant ``torch.utils.checkpoint`` with the RNG state preserved, so
+dropout masks in the recomputation equal the original ones and gradients equal those without
+recomputation (tested).  Non-reentrant checkpointing also gives correct gradients when the
+inputs do not require grad (frozen embeddings, where the reentrant variant silently returns None
+gradients) and works under DDP and autocast.
 
 Peak memory on CPU: torch has no ``max_memory_allocated`` for the CPU allocator, so
-:func:`measure_step` records the profiler's memory events (every allocation and free made by
-torch during one training step, in order) and takes the peak of their running sum.  Gradients
-are allocated by a warm-up step before measuring, so the figure is what the step adds on top
-of weights, gradients and optimizer state: activations and temporaries, the same quantity as
-``torch.cuda.max_memory_allocated() - memory_allocated()`` before the step on a GPU.
+:func:`peak_allocated_during` records the profiler's memory events (every allocation and free
+torch makes during the step, in order) and takes the peak of their running sum.  Gradients are
+allocated by a warm-up step before measuring, so the figure is what forward and backward add on
+top of weights, gradients and optimizer state: activations and their temporaries, the same
+quantity as ``torch.cuda.max_memory_allocated()`` minus the memory allocated before the step on a
+GPU (which :func:`measure_step` uses there).
 """
 
 from __future__ import annotations
@@ -48,11 +57,14 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
 from .errors import BertkitError
 
-POLICIES = ("none", "full", "ffn-keep", "selective", "every-k")
+POLICIES = ("none", "full", "ffn-keep", "ffn2-keep", "selective", "every-k")
 MATMUL_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
 
 
@@ -60,14 +72,14 @@ MATMUL_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops
 class Segment:
     start: int
     end: int
-    mode: str  # "keep" (no checkpoint), "full", "ffn-keep", "selective"
+    mode: str  # "keep" (no checkpoint), "full", "ffn-keep"
 
 
 def plan(policy: str, n_layers: int, k: int | None = None) -> list[Segment]:
     """Split ``n_layers`` into checkpointed segments; the last layer is never recomputed."""
     if policy not in POLICIES:
         raise BertkitError(f"unknown recompute policy {policy!r} (choose from {', '.join(POLICIES)}, auto)")
-    if policy == "none" or n_layers == 0:
+    if policy in ("none", "selective") or n_layers == 0:  # selective works inside each layer
         return [Segment(0, n_layers, "keep")]
     if policy == "every-k":
         k = k or math.ceil(math.sqrt(n_layers))
@@ -80,32 +92,121 @@ def plan(policy: str, n_layers: int, k: int | None = None) -> list[Segment]:
     return segments + [Segment(n_layers - 1, n_layers, "keep")]
 
 
-def _selective_policy(intermediate_size: int, keep: str):
+def _save_ffn_matmuls(intermediate_size: int, both: bool):
+    """SAC policy: keep the FFN output matmul's result (and with ``both`` the FFN input matmul's).
+
+    They are recognised by shape: the FFN's first matmul produces, and its second consumes,
+    ``intermediate_size`` columns; no other matmul of a BERT layer does.
+    """
+
     def policy(ctx, op, *args, **kwargs):
-        if op not in MATMUL_OPS:
-            return CheckpointPolicy.PREFER_RECOMPUTE
-        if keep == "all-matmuls":
-            return CheckpointPolicy.MUST_SAVE
-        # ffn output projection: an (add)mm whose reduction dimension is the FFN width
-        left = args[1] if op is torch.ops.aten.addmm.default else args[0]
-        is_ffn_out = left.dim() == 2 and left.shape[-1] == intermediate_size
-        return CheckpointPolicy.MUST_SAVE if is_ffn_out else CheckpointPolicy.PREFER_RECOMPUTE
+        if op in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+            left, right = (args[1], args[2]) if op is torch.ops.aten.addmm.default else (args[0], args[1])
+            if left.shape[-1] == intermediate_size or (both and right.shape[-1] == intermediate_size):
+                return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
 
     return policy
 
 
+def _save_matmuls(ctx, op, *args, **kwargs):
+    return CheckpointPolicy.MUST_SAVE if op in MATMUL_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
 def _context_fn(mode: str, intermediate_size: int) -> Callable | None:
-    if mode == "selective":
-        return functools.partial(create_selective_checkpoint_contexts, _selective_policy(intermediate_size, "all-matmuls"))
-    if mode == "ffn-keep":
-        return functools.partial(create_selective_checkpoint_contexts, _selective_policy(intermediate_size, "ffn-out"))
+    if mode in ("ffn-keep", "ffn2-keep"):
+        policy = _save_ffn_matmuls(intermediate_size, both=mode == "ffn2-keep")
+        return functools.partial(create_selective_checkpoint_contexts, policy)
     return None
+
+
+# ---------------------------------------------------------------- GELU output, recomputed
+
+
+def _intermediate_without_activation(self, hidden_states):
+    return self.dense(hidden_states)
+
+
+def _output_recomputing_activation(self, pre_activation, input_tensor):
+    """FFN output block that recomputes GELU(pre_activation) in the backward pass.
+
+    The FFN keeps two 4 x hidden tensors per token for the backward pass: the first matmul's
+    output (GELU's input) and GELU's output (the second matmul's input).  Here only the first is
+    kept; GELU is re-run when the second matmul's weight gradient needs it, and the matmul
+    output itself is saved (not recomputed) by a selective checkpoint context.
+    """
+    act = self._bertkit_act
+
+    def project(x):
+        return self.dense(act(x))
+
+    if torch.is_grad_enabled() and self.training:
+        context = functools.partial(create_selective_checkpoint_contexts, _save_matmuls)
+        hidden = checkpoint(project, pre_activation, use_reentrant=False, context_fn=context)
+    else:
+        hidden = project(pre_activation)
+    return self.LayerNorm(self.dropout(hidden) + input_tensor)
+
+
+def _recompute_activation(encoder: nn.Module, on: bool) -> None:
+    for layer in encoder.layer:
+        intermediate, output = layer.intermediate, layer.output
+        if on:
+            output._bertkit_act = intermediate.intermediate_act_fn
+            intermediate.forward = types.MethodType(_intermediate_without_activation, intermediate)
+            output.forward = types.MethodType(_output_recomputing_activation, output)
+        else:
+            intermediate.__dict__.pop("forward", None)
+            output.__dict__.pop("forward", None)
+
+
+# ---------------------------------------------------------------- attention core, recomputed per sample
+
+CHUNKED_ATTENTION = "bertkit_chunked_sdpa"
+
+
+def chunked_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """SDPA whose core (QK^T, softmax, dropout, xV) is checkpointed one sample at a time.
+
+    On the CPU, attention dropout forces SDPA onto its math kernel, which keeps several
+    batch x heads x T x T tensors per layer for the backward pass: at sequence 512 they are most of
+    a BERT layer's activations.  Checkpointing the core sample by sample keeps only Q, K, V and
+    recomputes one sample's T x T tensors at a time in the backward pass (Korthikanti et al.'s
+    selective recomputation, with the transient cut by the batch size).  The CPU generator draws
+    dropout masks in memory order, so per-sample masks equal the whole-batch masks and gradients
+    match plain SDPA exactly.  Elsewhere (no dropout, eval, GPU kernels that never build T x T
+    tensors) it is plain SDPA.
+    """
+    chunked = module.training and dropout > 0 and query.device.type == "cpu" and query.shape[0] > 1
+    if not chunked or not torch.is_grad_enabled():
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+    def core(q, k, v, mask):
+        return sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, scaling=scaling, **kwargs)[0]
+
+    outputs = []
+    for i in range(query.shape[0]):
+        mask = attention_mask[i : i + 1] if attention_mask is not None and attention_mask.shape[0] > 1 else attention_mask
+        outputs.append(checkpoint(core, query[i : i + 1], key[i : i + 1], value[i : i + 1], mask,
+                                  use_reentrant=False, preserve_rng_state=True))
+    return torch.cat(outputs), None
+
+
+AttentionInterface.register(CHUNKED_ATTENTION, chunked_sdpa_attention)
+AttentionMaskInterface.register(CHUNKED_ATTENTION, sdpa_mask)
+
+
+def _use_chunked_attention(config, on: bool) -> None:
+    if on and config._attn_implementation in ("sdpa", CHUNKED_ATTENTION):
+        config._attn_implementation = CHUNKED_ATTENTION
+    elif not on and config._attn_implementation == CHUNKED_ATTENTION:
+        config._attn_implementation = "sdpa"
 
 
 def find_encoder(model: nn.Module) -> nn.Module:
     """The module holding the stack of transformer layers (``.layer``, a ModuleList)."""
     for module in model.modules():
-        if isinstance(getattr(module, "layer", None), nn.ModuleList) and hasattr(module, "forward"):
+        if isinstance(getattr(module, "layer", None), nn.ModuleList) and hasattr(module, "config"):
             return module
     raise BertkitError(f"{type(model).__name__} has no BERT-style encoder (a module with a .layer list)")
 
@@ -139,11 +240,13 @@ def apply_recompute(model: nn.Module, policy: str, k: int | None = None) -> list
     """
     encoder = find_encoder(model)
     segments = plan(policy, len(encoder.layer), k)
+    _use_chunked_attention(encoder.config, policy != "none")
+    _recompute_activation(encoder, policy == "selective")
     if policy == "none":
         encoder.__dict__.pop("forward", None)
         return segments
     encoder._bertkit_segments = segments
-    encoder._bertkit_intermediate = model.config.intermediate_size
+    encoder._bertkit_intermediate = encoder.config.intermediate_size
     encoder.forward = types.MethodType(_segmented_forward, encoder)
     return segments
 

@@ -87,7 +87,7 @@ def test_pretrain_cli_end_to_end(tmp_path):
     out = tmp_path / "pt"
     run_cli("pretrain", str(corpus), "-o", str(out), "--vocab", str(vocab), "--prune-vocab", "--hidden", "32",
             "--layers", "1", "--heads", "2", "--max-length", "32", "--batch-size", "4", "--max-steps", "4",
-            "--dev-fraction", "0.2", "--save-fp16", check=True)
+            "--dev-fraction", "0.2", "--save-fp16", "--recompute", "full", check=True)
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert model.dtype == torch.float16
     assert model.config.vocab_size < len(tiny_vocab())
