@@ -92,6 +92,9 @@ class Classifier:
     @classmethod
     def load(cls, model: str | None, **kwargs) -> "Classifier":
         path = modelio.resolve_model(model)
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")) if Path(path).is_dir() else {}
+        if not any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or []):
+            raise BertkitError(f"{path} is not a fine-tuned classifier (train one with `bertkit train`)")
         net = modelio.load_model(path, AutoModelForSequenceClassification, dtype=torch.float32)
         if getattr(net.config, "problem_type", None) not in (None, "single_label_classification"):
             raise BertkitError(f"{path} is not a single-label classifier")

@@ -31,19 +31,19 @@ def _root() -> None:
 
 
 # Options shared by every training command (one definition, one meaning).
-Epochs = Annotated[float, typer.Option(help="Passes over the training data.")]
-MaxSteps = Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps (overrides --epochs).")]
-BatchSize = Annotated[int, typer.Option(help="Examples per micro-batch and process.")]
-GradAccum = Annotated[int, typer.Option(help="Micro-batches accumulated per optimizer step.")]
+Epochs = Annotated[float, typer.Option(min=0.01, help="Passes over the training data.")]
+MaxSteps = Annotated[Optional[int], typer.Option(min=1, help="Stop after this many optimizer steps (overrides --epochs).")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Examples per micro-batch and process.")]
+GradAccum = Annotated[int, typer.Option(min=1, help="Micro-batches accumulated per optimizer step.")]
 LearningRate = Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warmup then linear decay).")]
 Warmup = Annotated[float, typer.Option(help="Fraction of the steps spent warming up the learning rate.")]
 WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay (not applied to biases and LayerNorm).")]
 Bf16 = Annotated[bool, typer.Option("--bf16", help="Run forward passes under bfloat16 autocast.")]
-EvalEvery = Annotated[int, typer.Option(help="Evaluate every N steps (0: once per epoch).")]
-SaveEvery = Annotated[int, typer.Option(help="Write a resumable checkpoint every N steps (0: at each evaluation).")]
+EvalEvery = Annotated[int, typer.Option(min=0, help="Evaluate every N steps (0: once per epoch).")]
+SaveEvery = Annotated[int, typer.Option(min=0, help="Write a resumable checkpoint every N steps (0: at each evaluation).")]
 Seed = Annotated[int, typer.Option(help="Random seed: same seed, same data and same result.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in -o DIR from its last checkpoint.")]
-Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).")]
+Threads = Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")]
 Recompute = Annotated[str, typer.Option(help="Activation recomputation: none, full, ffn-keep, ffn2-keep, selective, every-k, or auto (profile each on one step, take the fastest that fits --max-memory).")]
 EveryK = Annotated[Optional[int], typer.Option(help="Layers per segment for --recompute every-k (default: ceil(sqrt(layers))).")]
 MaxMemory = Annotated[Optional[str], typer.Option(help="Activation memory budget for --recompute auto and --find-batch-size, e.g. 900M or 8G.")]
@@ -80,7 +80,7 @@ def pretrain(
     hidden: Annotated[int, typer.Option(help="Hidden size of a new model.")] = 256,
     layers: Annotated[int, typer.Option(help="Encoder layers of a new model.")] = 4,
     heads: Annotated[int, typer.Option(help="Attention heads of a new model.")] = 4,
-    max_length: Annotated[int, typer.Option(help="Tokens per packed training sequence, [CLS] and [SEP] included.")] = 128,
+    max_length: Annotated[int, typer.Option(min=8, help="Tokens per packed training sequence, [CLS] and [SEP] included.")] = 128,
     mlm_head: Annotated[str, typer.Option(help="'masked': MLM head on masked positions only (fast, as in BERT); 'all': every position.")] = "masked",
     save_fp16: Annotated[bool, typer.Option("--save-fp16", help="Store the final weights in float16 (half the size).")] = False,
     dev_fraction: Annotated[float, typer.Option(help="Share of sequences held out to measure masked-token accuracy.")] = 0.005,
@@ -129,7 +129,7 @@ def train(
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the fine-tuned model and checkpoints go.")],
     dev: Annotated[Optional[str], typer.Option(help="Dev data in the same format: evaluated during training; the best model is kept.")] = None,
     model: ModelOpt = None,
-    max_length: Annotated[int, typer.Option(help="Tokens per window; longer texts are split into windows, never cut.")] = 128,
+    max_length: Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer texts are split into windows, never cut.")] = 128,
     epochs: Epochs = 3.0,
     max_steps: MaxSteps = None,
     batch_size: BatchSize = 32,
@@ -170,8 +170,8 @@ def predict(
     input_file: InputArg,
     model: Annotated[str, typer.Option("--model", "-m", help="A fine-tuned classifier directory (from bertkit train).")],
     output: OutputOpt = None,
-    max_length: Annotated[int, typer.Option(help="Tokens per window; longer texts are split and their window probabilities averaged.")] = 128,
-    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
+    max_length: Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer texts are split and their window probabilities averaged.")] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     threads: Threads = None,
 ):
     """Classify texts: one JSON line per input line, {"label": ..., "probs": {...}}, in input order."""
@@ -189,8 +189,8 @@ def predict(
 def evaluate(
     test_file: Annotated[str, typer.Argument(metavar="TEST", help="Labelled data, same format as for train.")],
     model: Annotated[str, typer.Option("--model", "-m", help="A fine-tuned classifier directory (from bertkit train).")],
-    max_length: Annotated[int, typer.Option(help="Tokens per window; longer texts are split and their window probabilities averaged.")] = 128,
-    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
+    max_length: Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer texts are split and their window probabilities averaged.")] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     threads: Threads = None,
 ):
     """Score a classifier: prints one JSON line with accuracy, macro_f1 and n."""
@@ -205,20 +205,79 @@ def evaluate(
     print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in classifier.evaluate(examples).items()}))
 
 
+@app.command()
+def embed(
+    input_file: Annotated[Optional[str], typer.Argument(metavar="[INPUT]", help="Texts, one a line ('-' for stdin); blank lines give the empty text's vector.")] = None,
+    model: ModelOpt = None,
+    pooling: Annotated[Optional[str], typer.Option(help="cls, mean, max, mean_sqrt_len, first-last-avg, last2avg, whitening, whitening-K (default: the model's saved pooling, else mean).")] = None,
+    base_pooling: Annotated[str, typer.Option(help="Pooling that whitening starts from.")] = "first-last-avg",
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Embeddings: .npy, .jsonl or .tsv (default: TSV on stdout). With --fit: the new model directory.")] = None,
+    fit: Annotated[Optional[str], typer.Option(help="Fit the --pooling whitening on this unlabelled text (one a line) and save model+pooling+whitening to -o DIR, loadable by sentence-transformers.")] = None,
+    eval_pairs: Annotated[Optional[str], typer.Option("--eval", help="Score on STS pairs (s1<TAB>s2<TAB>score): Spearman x 100 of cosine similarity, as JSON.")] = None,
+    all_poolings: Annotated[bool, typer.Option("--all-poolings", help="With --eval: every pooling in one encoder pass (whitening needs --fit).")] = False,
+    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise each vector.")] = False,
+    precision: Annotated[str, typer.Option(help="float32, float16, int8 (needs --normalize) or binary (sign bits, packed).")] = "float32",
+    max_length: Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer texts are split into windows and pooled together, never cut.")] = 512,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass (sorted by length within a window of 4096).")] = 64,
+    threads: Threads = None,
+):
+    """Sentence embeddings: one vector per input line, in input order; fit whitening; evaluate on STS."""
+    import json
+
+    from . import embed as emb
+    from .textio import read_texts
+
+    _threads(threads)
+    if sum(x is not None for x in (input_file, fit if not eval_pairs else None, eval_pairs)) != 1:
+        raise BertkitError("give exactly one of INPUT (embed), --fit CORPUS -o DIR, or --eval PAIRS [--fit CORPUS]")
+    embedder = emb.Embedder(model, max_length=max_length, batch_size=batch_size)
+    if eval_pairs:
+        specs = [emb.parse_pooling(p, base_pooling) for p in (emb.ALL_POOLINGS if all_poolings else [pooling or emb.default_pooling(embedder)])]
+        fit_texts = list(read_texts(fit)) if fit else None
+        print(json.dumps(emb.evaluate_poolings(embedder, eval_pairs, specs, fit_texts), ensure_ascii=False))
+        return
+    if fit:
+        if not output:
+            raise BertkitError("--fit needs -o DIR for the fitted model")
+        emb.fit_and_save(embedder, emb.parse_pooling(pooling or "whitening", base_pooling), read_texts(fit), Path(output))
+        return
+    spec = emb.parse_pooling(pooling or emb.default_pooling(embedder), base_pooling)
+    vectors = embedder.embed(read_texts(input_file), spec)
+    emb.write_vectors(vectors, output, normalize=normalize, precision=precision)
+
+
 def main() -> None:
     """Console entry point: user errors as one line, never a traceback."""
+    try:  # typer vendors click from 0.29 on
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions as click_exc
+
     try:
-        app()
+        code = app(standalone_mode=False)
     except BertkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail(str(exc), 1)
+    except click_exc.NoArgsIsHelpError:
+        sys.exit(0)  # the help has been shown
+    except click_exc.UsageError as exc:
+        _fail(f"{exc.format_message()} (see --help)", 2)
+    except click_exc.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", 130)
     except BrokenPipeError:
         # The reader (e.g. `head`) went away: not an error for a pipeline.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except OSError as exc:  # unreadable input, unwritable output, full disk
+        where = f": {exc.filename}" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where}", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

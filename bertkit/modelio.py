@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .errors import BertkitError
 
@@ -45,10 +46,13 @@ def resolve_model(name: str | os.PathLike | None) -> str:
     if shipped.exists():
         check_model_dir(shipped)
         return str(shipped)
+    if name == DEFAULT_MODEL:
+        raise BertkitError(f"the default model {DEFAULT_MODEL} is not in {models_root()}: install bertkit from its "
+                           "checkout (pip install -e .), set BERTKIT_MODELS, or pass -m MODEL_DIR")
     if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1:
         raise BertkitError(f"model directory {name} does not exist")
     try:  # a hub id: only usable if a previous online session cached it
-        AutoConfig.from_pretrained(name, local_files_only=True)
+        AutoConfig.from_pretrained(name, local_files_only=True, trust_remote_code=False)
     except Exception:
         raise BertkitError(
             f"model {name!r} is neither a local directory nor in the Hugging Face cache, and this machine is "
@@ -65,9 +69,15 @@ def check_model_dir(path: Path) -> None:
     if not config.exists():
         raise BertkitError(f"{path} has no config.json: not a Hugging Face model directory")
     try:
-        json.loads(config.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError):
         raise BertkitError(f"{config} is not valid JSON: the model directory is corrupt") from None
+    if not isinstance(data, dict):
+        raise BertkitError(f"{config} is not a model config: the model directory is corrupt")
+    if "auto_map" in data or data.get("model_type") not in CONFIG_MAPPING:
+        # a custom architecture would mean running code shipped with the model: never
+        raise BertkitError(f"{path}: model_type {data.get('model_type')!r} needs custom code; bertkit loads only "
+                           "architectures built into transformers")
     has_safetensors = (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists()
     if not has_safetensors:
         if any(path.glob("*.bin")) or any(path.glob("*.pt")):
@@ -79,7 +89,7 @@ def check_model_dir(path: Path) -> None:
 
 def load_tokenizer(model: str):
     try:
-        return AutoTokenizer.from_pretrained(model, local_files_only=True)
+        return AutoTokenizer.from_pretrained(model, local_files_only=True, trust_remote_code=False)
     except Exception as exc:
         raise BertkitError(f"cannot load the tokenizer of {model}: {_first_line(exc)}") from None
 
@@ -87,7 +97,7 @@ def load_tokenizer(model: str):
 def load_model(model: str, cls, **kwargs) -> PreTrainedModel:
     """``cls.from_pretrained`` from safetensors, offline, with load errors as one line."""
     try:
-        return cls.from_pretrained(model, local_files_only=True, use_safetensors=True, **kwargs)
+        return cls.from_pretrained(model, local_files_only=True, use_safetensors=True, trust_remote_code=False, **kwargs)
     except BertkitError:
         raise
     except Exception as exc:

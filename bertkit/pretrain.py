@@ -285,6 +285,8 @@ class ModelShape:
 
 
 def new_bert(vocab_size: int, shape: ModelShape, seed: int) -> BertForMaskedLM:
+    if shape.hidden < 1 or shape.layers < 1 or shape.heads < 1 or shape.hidden % shape.heads:
+        raise BertkitError(f"--hidden {shape.hidden} must be a positive multiple of --heads {shape.heads}")
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=vocab_size,
@@ -321,6 +323,11 @@ def run_pretraining(
             raise BertkitError(f"vocabulary {vocab_path} not found; pass --vocab")
         tokenizer = make_tokenizer(str(vocab_path))
         mlm = None
+    missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        raise BertkitError(f"the vocabulary lacks the special tokens {', '.join(missing)}")
+    if max_length < 8:
+        raise BertkitError("--max-length must be at least 8")
     log(f"reading and segmenting {len(corpus)} corpus file(s)")
     sequences = read_corpus(corpus, tokenizer, max_length)
     if prune:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 
@@ -12,7 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True, highlight=False)
 
 
-def log(message: str, rank: int = 0) -> None:
+def log(message: str, rank: int | None = None) -> None:
+    """Print on stderr, once: under torchrun only rank 0 speaks."""
+    if rank is None:
+        rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         console.print(message, markup=False)
 

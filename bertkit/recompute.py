@@ -12,11 +12,12 @@ Policies (``--recompute``):
 - ``selective`` -- Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
   Transformer Models", section 5: keep every matmul output, recompute only what is large but
   cheap: the attention core (QK^T, softmax, dropout masks, x V) and the GELU output.
-- ``ffn-keep`` -- ours, between the two: ``full``, except that the outputs of each layer's two
-  feed-forward matmuls are saved (a selective checkpoint context) and only the attention block,
-  GELU, dropout and LayerNorm are recomputed.  Those two matmuls are 8/13 of a BERT-base layer's
-  forward FLOPs at sequence 512 but their outputs only 5 hidden-sized tensors per token, so this
-  keeps most of ``full``'s saving for well under half of its extra time.
+- ``ffn-keep`` -- ours, between the two: ``full``, except that the output of each layer's second
+  feed-forward matmul is saved (a selective checkpoint context).  That matmul is 4/13 of a
+  BERT-base layer's forward FLOPs at sequence 512, and its output one hidden-sized tensor per
+  token: ~30% less recomputation for one more boundary's worth of memory.
+- ``ffn2-keep`` -- the same, keeping both feed-forward matmul outputs (8/13 of the FLOPs for
+  five hidden-sized tensors per token): recomputes only the attention block and elementwise ops.
 - ``auto`` -- profile one step of each on the user's model, batch and sequence length, take
   the fastest that fits ``--max-memory`` (see :func:`setup_recompute`).
 
@@ -238,6 +239,8 @@ def apply_recompute(model: nn.Module, policy: str, k: int | None = None) -> list
 
     The weights and their names are untouched, so saving and loading are unaffected.
     """
+    if policy == "none" and not any("forward" in m.__dict__ for m in model.modules()):
+        return plan("none", 0)  # nothing to undo; works for any architecture
     encoder = find_encoder(model)
     segments = plan(policy, len(encoder.layer), k)
     _use_chunked_attention(encoder.config, policy != "none")
@@ -350,7 +353,7 @@ def parse_size(text: str) -> int:
         value = float(number)
     except ValueError:
         raise BertkitError(f"cannot read memory size {text!r} (e.g. 900M, 2G, 1.5GiB)") from None
-    if unit not in units or value <= 0:
+    if unit not in units or not math.isfinite(value) or value <= 0:
         raise BertkitError(f"cannot read memory size {text!r} (e.g. 900M, 2G, 1.5GiB)")
     return int(value * units[unit])
 
@@ -448,7 +451,7 @@ def setup_recompute(task, examples, cfg, opts: RecomputeOptions) -> str:
     if opts.find_batch_size and cfg.resume:
         raise BertkitError("--find-batch-size cannot be used with --resume: pass the run's --batch-size")
     device = default_device()
-    task.model.to(device)
+    task.model.to(device).train()  # measure with dropout on, as training runs
     if policy == "auto":
         make_step = _worst_case_step(task, examples, cfg.batch_size, device)
         profiles = profile_policies(task.model, make_step, k=opts.every_k, timed_steps=3, device=device)

@@ -150,30 +150,58 @@ def warmup_linear(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 # ---------------------------------------------------------------- checkpoints
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict) -> None:
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _all_rng_states(world_size: int) -> list[dict[str, torch.Tensor]]:
+    """Every rank's RNG state (dropout differs per rank), gathered for rank 0 to save."""
+    mine = _rng_state()
+    if world_size == 1:
+        return [mine]
+    gathered = [None] * world_size
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict, rng_states: list) -> None:
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     save_model(_unwrap(model), str(tmp / "model.safetensors"))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
-        tmp / "optimizer.pt",
-    )
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states},
+               tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
     replace_dir(tmp, path)
 
 
-def _load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+def checkpoint_dir(path: Path) -> Path | None:
+    """The complete checkpoint at ``path``, or the previous one if a kill hit mid-replacement."""
+    for candidate in (path, path.with_name(path.name + ".old")):
+        if (candidate / "state.json").exists() and (candidate / "optimizer.pt").exists():
+            return candidate
+    return None
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler, rank: int, world_size: int) -> dict:
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         load_model(_unwrap(model), str(path / "model.safetensors"))
         blob = torch.load(path / "optimizer.pt", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise BertkitError(f"cannot resume from {path}: {exc}".splitlines()[0]) from None
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    torch.set_rng_state(blob["torch_rng"])
+        optimizer.load_state_dict(blob["optimizer"])
+        scheduler.load_state_dict(blob["scheduler"])
+        rng = blob["rng"]
+        if len(rng) != world_size:
+            raise ValueError(f"it was written by {len(rng)} processes, this run has {world_size}")
+        torch.set_rng_state(rng[rank]["cpu"])
+        if "cuda" in rng[rank] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng[rank]["cuda"])
+    except Exception as exc:  # a corrupt or foreign checkpoint, whatever the library raises
+        raise BertkitError(f"cannot resume from {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return state
 
 
@@ -185,6 +213,11 @@ class Trainer:
 
     def __init__(self, task: TrainTask, examples: Sequence[Any], cfg: TrainConfig):
         self.task, self.examples, self.cfg = task, examples, cfg
+        for name in ("batch_size", "grad_accum"):
+            if getattr(cfg, name) < 1:
+                raise BertkitError(f"--{name.replace('_', '-')} must be at least 1")
+        if cfg.lr <= 0:
+            raise BertkitError("--lr must be positive")
         self.rank, self.world_size = world()
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
@@ -257,7 +290,7 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg, task = self.cfg, self.task
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + self.rank)  # ranks must not share dropout masks
         model = task.model.to(default_device())
         if self.world_size > 1:
             device_ids = [_device(model).index] if torch.cuda.is_available() else None
@@ -268,12 +301,13 @@ class Trainer:
 
         state = {"step": 0, "best_metric": None, "best_step": None, "history": []}
         last = self.ckpt_dir / "last"
+        found = checkpoint_dir(last)  # every rank checks, so every rank fails alike
         if cfg.resume:
-            if not (last / "state.json").exists():
+            if found is None:
                 raise BertkitError(f"--resume: no checkpoint in {last}")
-            state = _load_checkpoint(last, model, optimizer, scheduler)
-            log(f"resumed from {last} at step {state['step']}", rank=self.rank)
-        elif self.rank == 0 and last.exists():
+            state = _load_checkpoint(found, model, optimizer, scheduler, self.rank, self.world_size)
+            log(f"resumed from {found} at step {state['step']}", rank=self.rank)
+        elif found is not None or (self.out / "trainer_state.json").exists():
             raise BertkitError(f"{self.out} already holds a training run; pass --resume to continue it or pick a new -o")
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -303,8 +337,10 @@ class Trainer:
                     if self.rank == 0 and self._is_better(metrics, state["best_metric"]):
                         state["best_metric"], state["best_step"] = metrics[cfg.metric], state["step"]
                         self._save_model(model, self.ckpt_dir / "best")
-                if self.rank == 0 and (state["step"] % save_every == 0 or done):
-                    _save_checkpoint(last, model, optimizer, scheduler, state)
+                if state["step"] % save_every == 0 or done:
+                    rng_states = _all_rng_states(self.world_size)
+                    if self.rank == 0:
+                        _save_checkpoint(last, model, optimizer, scheduler, state, rng_states)
                 _barrier()
         return self._finish(model, state, time.time() - start)
 

@@ -71,9 +71,12 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model, news_data):
     bad_utf8.write_bytes("label\ttext\nsports\t球队\n".encode() + b"finance\t\xe8\xff\n")
     _assert_one_line_error(run_cli("train", str(bad_utf8), *base), "bad.tsv:3", "invalid UTF-8")
 
-    binary = tmp_path / "weights.bin"
+    binary = tmp_path / "data.tsv"
     binary.write_bytes(bytes(range(256)) * 4)
-    _assert_one_line_error(run_cli("predict", str(binary), "-m", str(tiny_model)), "binary")
+    _assert_one_line_error(run_cli("train", str(binary), *base), "binary")
+
+    _assert_one_line_error(run_cli("predict", str(train), "-m", str(tiny_model)), "not a fine-tuned classifier")
+    _assert_one_line_error(run_cli("train", str(train), *base, "--batch-size", "0"), "--batch-size")
 
     _assert_one_line_error(run_cli("train", str(train), "-m", str(tmp_path / "no-model"), "-o", str(tmp_path / "x")),
                            "does not exist")
@@ -90,7 +93,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model, news_data):
 
 def test_help_lists_only_working_commands():
     proc = run_cli("--help", check=True)
-    text = proc.stdout.decode()
-    for command in ("pretrain", "train", "predict", "eval"):
-        assert command in text
+    listed = {line.split()[1] for line in proc.stdout.decode().splitlines() if line.startswith("│ ") and len(line.split()) > 2}
+    assert {"pretrain", "train", "predict", "eval", "embed"} <= listed
+    for command in listed & {"pretrain", "train", "predict", "eval", "embed"}:
         assert run_cli(command, "--help").returncode == 0

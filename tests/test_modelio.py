@@ -40,11 +40,21 @@ def test_missing_partial_and_corrupt_dirs(tmp_path, tiny_model):
         modelio.load_model(path, AutoModel)
 
 
-def test_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(BertkitError, match="offline"):
-        modelio.resolve_model("someone/not-cached-bert")
+def test_hub_id_offline_is_a_clear_error(tmp_path):
+    from conftest import run_cli
+
+    # a fresh process, so the empty cache and offline mode apply from the start
+    proc = run_cli("embed", "-", "-m", "someone/not-cached-bert", input=b"x\n",
+                   env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode == 1 and b"offline" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_custom_code_models_are_refused(tmp_path, tiny_model):
+    evil = tmp_path / "evil"
+    shutil.copytree(tiny_model, evil)
+    (evil / "config.json").write_text('{"model_type": "evil", "auto_map": {"AutoModel": "evil.Model"}}')
+    with pytest.raises(BertkitError, match="custom code"):
+        modelio.resolve_model(str(evil))
 
 
 def test_save_fp16_halves_weights(tmp_path, tiny_model):
