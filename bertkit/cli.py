@@ -209,10 +209,10 @@ def evaluate(
 def embed(
     input_file: Annotated[Optional[str], typer.Argument(metavar="[INPUT]", help="Texts, one a line ('-' for stdin); blank lines give the empty text's vector.")] = None,
     model: ModelOpt = None,
-    pooling: Annotated[Optional[str], typer.Option(help="cls, mean, max, mean_sqrt_len, first-last-avg, last2avg, whitening, whitening-K (default: the model's saved pooling, else mean).")] = None,
-    base_pooling: Annotated[str, typer.Option(help="Pooling that whitening starts from.")] = "first-last-avg",
+    pooling: Annotated[Optional[str], typer.Option(help="cls, mean, max, mean_sqrt_len, first-last-avg, last2avg, whitening, whitening-K, flow (default: the model's saved pooling, else mean).")] = None,
+    base_pooling: Annotated[str, typer.Option(help="Pooling that whitening and flow start from.")] = "first-last-avg",
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Embeddings: .npy, .jsonl or .tsv (default: TSV on stdout). With --fit: the new model directory.")] = None,
-    fit: Annotated[Optional[str], typer.Option(help="Fit the --pooling whitening on this unlabelled text (one a line) and save model+pooling+whitening to -o DIR, loadable by sentence-transformers.")] = None,
+    fit: Annotated[Optional[str], typer.Option(help="Fit the --pooling whitening or flow on this unlabelled text (one a line) and save model+pooling+transform to -o DIR, loadable by sentence-transformers.")] = None,
     eval_pairs: Annotated[Optional[str], typer.Option("--eval", help="Score on STS pairs (s1<TAB>s2<TAB>score): Spearman x 100 of cosine similarity, as JSON.")] = None,
     all_poolings: Annotated[bool, typer.Option("--all-poolings", help="With --eval: every pooling in one encoder pass (whitening needs --fit).")] = False,
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise each vector.")] = False,
@@ -239,7 +239,10 @@ def embed(
     if fit:
         if not output:
             raise BertkitError("--fit needs -o DIR for the fitted model")
-        emb.fit_and_save(embedder, emb.parse_pooling(pooling or "whitening", base_pooling), read_texts(fit), Path(output))
+        spec = emb.parse_pooling(pooling or "whitening", base_pooling)
+        if not spec.fitted:
+            raise BertkitError(f"--fit needs a pooling to fit (whitening, whitening-K or flow), not {spec.name}")
+        emb.fit_and_save(embedder, spec, read_texts(fit), Path(output))
         return
     spec = emb.parse_pooling(pooling or emb.default_pooling(embedder), base_pooling)
     vectors = embedder.embed(read_texts(input_file), spec)

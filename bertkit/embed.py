@@ -18,7 +18,9 @@ Texts longer than the model's limit are split into windows of whole tokens; each
 pooled and the windows are combined (token-weighted mean for the mean-type poolings, elementwise
 max for ``max``, mean of the windows' [CLS] vectors for ``cls``), never cut.
 
-Not built yet: ``flow`` (BERT-flow's Glow on pooled vectors) is reported as missing.
+- ``flow``: BERT-flow (Li et al. 2020, section 4): a Glow trained by maximum likelihood on the
+  frozen encoder's pooled vectors (``--base-pooling``) maps them to an isotropic Gaussian; the
+  latent is the embedding (see :mod:`bertkit.flow`).  Fitted with ``--fit`` like whitening.
 """
 
 from __future__ import annotations
@@ -53,9 +55,16 @@ class PoolingSpec:
     base: str  # one of BASE_POOLINGS
     whiten: bool = False
     keep: int | None = None  # dimensions kept by whitening-K
+    flow: bool = False
+
+    @property
+    def fitted(self) -> bool:
+        return self.whiten or self.flow
 
     @property
     def name(self) -> str:
+        if self.flow:
+            return "flow"
         if not self.whiten:
             return self.base
         return f"whitening-{self.keep}" if self.keep else "whitening"
@@ -64,11 +73,11 @@ class PoolingSpec:
 def parse_pooling(name: str, base: str = "first-last-avg") -> PoolingSpec:
     if name in BASE_POOLINGS:
         return PoolingSpec(name)
-    if name == "flow":
-        raise BertkitError("--pooling flow (BERT-flow) is not implemented yet; use whitening, which matches it in Su et al. 2021")
-    if name == "whitening" or name.startswith("whitening-"):
+    if name == "flow" or name == "whitening" or name.startswith("whitening-"):
         if base not in BASE_POOLINGS:
             raise BertkitError(f"unknown --base-pooling {base!r} ({', '.join(BASE_POOLINGS)})")
+        if name == "flow":
+            return PoolingSpec(base, flow=True)
         keep = None
         if name != "whitening":
             try:
@@ -153,6 +162,38 @@ class Whitening:
         return vectors @ weight.T + bias
 
 
+class FlowTransform:
+    """A trained :class:`bertkit.flow.Glow` used as an embedding transform."""
+
+    def __init__(self, flow):
+        self.flow = flow.eval()
+
+    def apply(self, vectors: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            z, _ = self.flow(vectors.unsqueeze(0) if vectors.dim() == 1 else vectors)
+        return z[0] if vectors.dim() == 1 else z
+
+    @classmethod
+    def fit(cls, vectors: torch.Tensor, work_dir: Path, seed: int = 42, epochs: float = 2.0) -> "FlowTransform":
+        """Train a Glow on ``vectors`` (maximum likelihood) with the shared training loop."""
+        from .flow import FlowTask, Glow
+        from .trainer import TrainConfig, Trainer
+
+        n = len(vectors)
+        if n < 64:
+            raise BertkitError(f"flow needs at least 64 sentences to fit, got {n}")
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=g)
+        n_dev = max(1, n // 20)
+        dev, train = vectors[order[:n_dev]], vectors[order[n_dev:]]
+        torch.manual_seed(seed)
+        task = FlowTask(Glow(vectors.shape[1]), dev)
+        cfg = TrainConfig(output_dir=work_dir, epochs=epochs, batch_size=32, lr=1e-3, warmup_ratio=0.05,
+                          weight_decay=0.0, seed=seed, metric="neg_dev_nll", eval_every=0)
+        Trainer(task, list(train), cfg).fit()
+        return cls(task.flow)
+
+
 # ---------------------------------------------------------------- the embedder
 
 
@@ -166,7 +207,7 @@ class Embedder:
         limit = self.model.config.max_position_embeddings
         self.encoder = TextEncoder(self.tokenizer, min(max_length, limit))
         self.batch_size = batch_size
-        self.saved_spec, self.whitening = load_pipeline(Path(self.path)) if Path(self.path).is_dir() else (None, None)
+        self.saved_spec, self.transform = load_pipeline(Path(self.path)) if Path(self.path).is_dir() else (None, None)
 
     @property
     def dim(self) -> int:
@@ -196,22 +237,28 @@ class Embedder:
             texts, lambda batch: self._pooled_batch(batch, bases), length=len, batch_size=self.batch_size
         )
 
-    def embed(self, texts: Iterable[str], spec: PoolingSpec, whitening: Whitening | None = None) -> Iterator[torch.Tensor]:
-        whitening = whitening if whitening is not None else (self.whitening if spec.whiten else None)
-        if spec.whiten and whitening is None:
+    def transform_for(self, spec: PoolingSpec):
+        """The fitted whitening or flow that ``spec`` needs, from the model directory."""
+        if not spec.fitted:
+            return None
+        if self.saved_spec != spec or self.transform is None:
             raise BertkitError(
-                f"--pooling {spec.name} needs a fitted whitening: run `bertkit embed --fit CORPUS --pooling "
-                f"{spec.name} -m {self.path} -o NEW_MODEL_DIR` first, or use that directory"
+                f"--pooling {spec.name} needs a fitted transform: run `bertkit embed --fit CORPUS --pooling "
+                f"{spec.name} -m {self.path} -o NEW_MODEL_DIR` first, and embed with that directory"
             )
+        return self.transform
+
+    def embed(self, texts: Iterable[str], spec: PoolingSpec) -> Iterator[torch.Tensor]:
+        transform = self.transform_for(spec)
         for vectors in self.embed_many(texts, [spec.base]):
             v = vectors[spec.base]
-            yield whitening.apply(v) if whitening is not None else v
+            yield transform.apply(v) if transform is not None else v
 
 
 # ---------------------------------------------------------------- saving in the sentence-transformers layout
 
 
-def save_pipeline(embedder: Embedder, spec: PoolingSpec, whitening: Whitening | None, directory: Path) -> None:
+def save_pipeline(embedder: Embedder, spec: PoolingSpec, transform, directory: Path) -> None:
     """The encoder, its pooling and the whitening, in a directory sentence-transformers loads."""
     directory = Path(directory)
     modelio.save_pretrained(embedder.model, embedder.tokenizer, directory)
@@ -238,9 +285,16 @@ def save_pipeline(embedder: Embedder, spec: PoolingSpec, whitening: Whitening | 
         **{key: mode == pooling_mode for mode, key in ST_POOLING_MODES.items()},
         "include_prompt": True,
     })
-    if whitening is not None:
+    if isinstance(transform, FlowTransform):
+        from .flow import save_flow
+
+        flow_dir = f"{len(modules)}_SentenceFlow"
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": flow_dir,
+                        "type": "bertkit.flow.SentenceFlow"})
+        save_flow(transform.flow, directory / flow_dir)
+    elif transform is not None:
         dense_dir = f"{len(modules)}_Dense"
-        weight, bias = whitening.weight_bias()
+        weight, bias = transform.weight_bias()
         modules.append({"idx": len(modules), "name": str(len(modules)), "path": dense_dir,
                         "type": "sentence_transformers.models.Dense"})
         _write_json(directory / dense_dir / "config.json", {
@@ -261,8 +315,8 @@ def save_pipeline(embedder: Embedder, spec: PoolingSpec, whitening: Whitening | 
         _write_json(directory / "config.json", config)
 
 
-def load_pipeline(directory: Path) -> tuple[PoolingSpec | None, Whitening | None]:
-    """The pooling and whitening saved by :func:`save_pipeline`, if any."""
+def load_pipeline(directory: Path):
+    """The pooling and its fitted transform (whitening or flow) saved by :func:`save_pipeline`."""
     meta = directory / "bertkit_pooling.json"
     if not meta.exists():
         return None, None
@@ -271,6 +325,13 @@ def load_pipeline(directory: Path) -> tuple[PoolingSpec | None, Whitening | None
         spec = parse_pooling(info["pooling"], info["base_pooling"])
     except (ValueError, KeyError):
         raise BertkitError(f"{meta} is corrupt") from None
+    if spec.flow:
+        from .flow import load_flow
+
+        flow_dir = next(directory.glob("*_SentenceFlow"), None)
+        if flow_dir is None:
+            raise BertkitError(f"{directory} says flow but holds no flow module")
+        return spec, FlowTransform(load_flow(flow_dir))
     whitening = None
     if spec.whiten:
         from safetensors.torch import load_file
@@ -324,7 +385,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_poolings(embedder: Embedder, pairs_path: str, specs: Sequence[PoolingSpec],
-                      fit_texts: Sequence[str] | None = None) -> dict[str, float]:
+                      fit_texts: Sequence[str] | None = None, work_dir: Path | None = None) -> dict[str, float]:
     """Spearman x 100 of cosine similarity vs gold scores, for each pooling, in one encoder pass.
 
     Whitening is fitted on ``fit_texts`` (e.g. a train split), else taken from the model directory.
@@ -332,47 +393,58 @@ def evaluate_poolings(embedder: Embedder, pairs_path: str, specs: Sequence[Pooli
     s1, s2, gold = read_pairs(pairs_path)
     bases = sorted({s.base for s in specs})
     vectors = list(embedder.embed_many(s1 + s2, bases))
-    fitted: dict[tuple[str, int | None], Whitening] = {}
-    if fit_texts is not None and any(s.whiten for s in specs):
-        fit_bases = sorted({s.base for s in specs if s.whiten})
+    fitted = {}
+    if fit_texts is not None and any(s.fitted for s in specs):
+        fit_bases = sorted({s.base for s in specs if s.fitted})
         fit_vectors = list(embedder.embed_many(fit_texts, fit_bases))
         for s in specs:
-            if s.whiten:
-                matrix = torch.stack([v[s.base] for v in fit_vectors]).numpy()
-                fitted[(s.base, s.keep)] = Whitening.fit(matrix, s.keep)
+            if s.fitted:
+                fitted[s] = fit_transform(s, torch.stack([v[s.base] for v in fit_vectors]), work_dir)
     results = {}
     n = len(s1)
     for spec in specs:
         emb = torch.stack([v[spec.base] for v in vectors])
-        if spec.whiten:
-            whitening = fitted.get((spec.base, spec.keep)) or (
-                embedder.whitening if embedder.saved_spec == spec else None)
-            if whitening is None:
-                raise BertkitError(f"{spec.name}: no fitted whitening; pass --fit CORPUS")
-            emb = whitening.apply(emb)
+        if spec.fitted:
+            transform = fitted.get(spec) or embedder.transform_for(spec)
+            emb = transform.apply(emb)
         sims = cosine(emb[:n], emb[n:]).tolist()
         results[spec.name] = round(100 * spearman(sims, gold), 2)
     return results
 
 
-ALL_POOLINGS = ("cls", "mean", "max", "mean_sqrt_len", "first-last-avg", "last2avg", "whitening", "whitening-256")
+ALL_POOLINGS = ("cls", "mean", "max", "mean_sqrt_len", "first-last-avg", "last2avg", "whitening", "whitening-256", "flow")
+
+
+def fit_transform(spec: PoolingSpec, vectors: torch.Tensor, work_dir: Path | None):
+    """Whitening (closed form) or flow (trained) for ``spec`` from pooled ``vectors``."""
+    if spec.flow:
+        import tempfile
+
+        if work_dir is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                return FlowTransform.fit(vectors, Path(tmp) / "flow")
+        return FlowTransform.fit(vectors, work_dir)
+    keep = spec.keep if spec.keep is None or spec.keep <= vectors.shape[1] else None
+    if spec.keep and keep is None:
+        raise BertkitError(f"{spec.name}: the model has only {vectors.shape[1]} dimensions")
+    return Whitening.fit(vectors.numpy(), keep)
 
 
 def default_pooling(embedder: Embedder) -> str:
     return embedder.saved_spec.name if embedder.saved_spec else "mean"
 
 
-def fit_and_save(embedder: Embedder, spec: PoolingSpec, texts: Iterable[str], directory: Path) -> Whitening | None:
-    """Fit the whitening of ``spec`` on ``texts`` and save the pipeline to ``directory``."""
-    whitening = None
-    if spec.whiten:
-        vectors = torch.stack([v[spec.base] for v in embedder.embed_many(texts, [spec.base])]).numpy()
-        whitening = Whitening.fit(vectors, spec.keep)
-    save_pipeline(embedder, spec, whitening, directory)
+def fit_and_save(embedder: Embedder, spec: PoolingSpec, texts: Iterable[str], directory: Path):
+    """Fit the whitening or flow of ``spec`` on ``texts`` and save the pipeline to ``directory``."""
+    transform = None
+    if spec.fitted:
+        vectors = torch.stack([v[spec.base] for v in embedder.embed_many(texts, [spec.base])])
+        transform = fit_transform(spec, vectors, Path(directory) / ".flow-training")
+    save_pipeline(embedder, spec, transform, directory)
     from .progress import log
 
     log(f"saved {spec.name} pipeline to {directory}")
-    return whitening
+    return transform
 
 
 PRECISIONS = ("float32", "float16", "int8", "binary")

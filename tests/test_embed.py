@@ -68,8 +68,7 @@ def test_parse_pooling_errors():
     for bad in ("avg", "whitening-x", "whitening-0"):
         with pytest.raises(BertkitError):
             parse_pooling(bad)
-    with pytest.raises(BertkitError, match="not implemented"):
-        parse_pooling("flow")
+    assert parse_pooling("flow", "last2avg") == PoolingSpec("last2avg", flow=True)
 
 
 def test_saved_pipeline_loads_in_sentence_transformers(tmp_path, embedder):
@@ -124,7 +123,7 @@ def test_cli_embed_outputs_and_errors(tmp_path, tiny_model):
     assert [len(json.loads(l)) for l in jl.read_text().splitlines()] == [4, 4, 4]
     for args, fragment in [
         (["--pooling", "avg"], "unknown pooling"),
-        (["--pooling", "whitening"], "needs a fitted whitening"),
+        (["--pooling", "whitening"], "needs a fitted transform"),
         (["--precision", "int8"], "needs --normalize"),
     ]:
         bad = run_cli("embed", "-", "-m", str(tiny_model), *args, input=text.encode())

