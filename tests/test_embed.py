@@ -128,5 +128,9 @@ def test_cli_embed_outputs_and_errors(tmp_path, tiny_model):
     ]:
         bad = run_cli("embed", "-", "-m", str(tiny_model), *args, input=text.encode())
         assert bad.returncode == 1 and fragment in bad.stderr.decode() and "Traceback" not in bad.stderr.decode()
+    few = tmp_path / "few.txt"
+    few.write_text("球队\n股票\n" * 5, encoding="utf-8")  # 10 sentences, 32 dimensions
+    bad = run_cli("embed", "--fit", str(few), "-m", str(tiny_model), "--pooling", "whitening", "-o", str(tmp_path / "w"))
+    assert bad.returncode == 1 and "more sentences than dimensions" in bad.stderr.decode()
     bad = run_cli("embed", "-", "-m", str(tiny_model), input=b"ok\n\xff\xfe\n")
     assert bad.returncode == 1 and "<stdin>:2: invalid UTF-8" in bad.stderr.decode()
