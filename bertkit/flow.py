@@ -14,7 +14,7 @@ Deviations, and why:
 
 Saved as a sentence-transformers module ``bertkit.flow.SentenceFlow`` (``config.json`` +
 ``model.safetensors``).  sentence-transformers 6 imports a module class from outside its own
-package only with ``trust_remote_code=True``, even from an installed package like this one; the
+package when the caller opts in to remote code, even from an installed package like this one; the
 whitening pipelines need no such flag (they are plain ``Dense`` modules).
 """
 
