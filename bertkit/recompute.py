@@ -73,7 +73,7 @@ MATMUL_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops
 class Segment:
     start: int
     end: int
-    mode: str  # "keep" (no checkpoint), "full", "ffn-keep"
+    mode: str  # "keep" (no checkpoint), "full", "ffn-keep", "ffn2-keep"
 
 
 def plan(policy: str, n_layers: int, k: int | None = None) -> list[Segment]:
