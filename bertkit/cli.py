@@ -125,10 +125,19 @@ def pretrain(
 
 @app.command()
 def train(
-    train_file: Annotated[str, typer.Argument(metavar="TRAIN", help="Training data: TSV with header label<TAB>text (or label<TAB>text_a<TAB>text_b), or JSONL.")],
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the fine-tuned model and checkpoints go.")],
+    train_file: Annotated[Optional[str], typer.Argument(metavar="TRAIN", help="classify: TSV with header label<TAB>text (or label<TAB>text_a<TAB>text_b), or JSONL. correct: source<TAB>target sentence pairs (optional with --synthetic).")] = None,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the fine-tuned model and checkpoints go.")] = None,
     dev: Annotated[Optional[str], typer.Option(help="Dev data in the same format: evaluated during training; the best model is kept.")] = None,
     model: ModelOpt = None,
+    task: Annotated[str, typer.Option(help="classify: sequence classification; correct: Chinese spelling correction (Soft-Masked BERT).")] = "classify",
+    synthetic: Annotated[Optional[list[str]], typer.Option(help="correct: plain-text files of correct Chinese; errors are drawn into them afresh each epoch (repeatable).")] = None,
+    plain: Annotated[bool, typer.Option("--plain", help="correct: train the plain BERT baseline (no detection network, no soft mask).")] = False,
+    corrupt_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="correct: share of the Chinese characters of a --synthetic sentence replaced (paper: 0.15).")] = 0.15,
+    phonetic: Annotated[float, typer.Option(min=0.0, help="correct: weight of same/similar-pinyin replacements (paper: 0.8).")] = 0.8,
+    visual: Annotated[float, typer.Option(min=0.0, help="correct: weight of look-alike replacements (paper: 0).")] = 0.0,
+    random_char: Annotated[float, typer.Option("--random", min=0.0, help="correct: weight of random-character replacements (paper: 0.2).")] = 0.2,
+    confusion: Annotated[Optional[Path], typer.Option(help="correct: directory of confusion sets (default: ../shared/data/csc/confusion).")] = None,
+    save_fp16: Annotated[bool, typer.Option("--save-fp16", help="Store the final weights in float16 (half the size).")] = False,
     max_length: Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer texts are split into windows, never cut.")] = 128,
     epochs: Epochs = 3.0,
     max_steps: MaxSteps = None,
@@ -148,17 +157,36 @@ def train(
     max_memory: MaxMemory = None,
     find_batch_size: FindBatch = False,
 ):
-    """Fine-tune a sequence classifier (single texts or pairs). Runs under torchrun for DDP."""
-    from .classify import run_training
+    """Fine-tune a sequence classifier (single texts or pairs) or, with --task correct, a spelling
+    corrector. Runs under torchrun for DDP."""
+    import torch
 
     _threads(threads)
+    if output_dir is None:
+        raise typer.BadParameter("missing option --output-dir / -o")
+    if task not in ("classify", "correct"):
+        raise typer.BadParameter(f"--task must be classify or correct, not {task!r}")
     cfg = _train_config(
         output_dir, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         warmup_ratio=warmup, weight_decay=weight_decay, bf16=bf16, eval_every=eval_every, save_every=save_every,
-        seed=seed, resume=resume, extra={"command": "train", "train": train_file, "dev": dev},
+        seed=seed, resume=resume, extra={"command": "train", "task": task, "train": train_file, "dev": dev},
     )
-    run_training(train_file, dev, model, cfg, max_length=max_length,
-                 recompute=_recompute(recompute, every_k, max_memory, find_batch_size))
+    recompute_opts = _recompute(recompute, every_k, max_memory, find_batch_size)
+    if task == "classify":
+        from .classify import run_training
+
+        if train_file is None or synthetic or plain:
+            raise BertkitError("classification needs TRAIN and takes no --synthetic or --plain (those are for --task correct)")
+        run_training(train_file, dev, model, cfg, max_length=max_length, recompute=recompute_opts)
+        return
+    from .correct import CorruptionOptions, run_correct_training
+
+    cfg.extra["synthetic"] = synthetic or []
+    corruption = CorruptionOptions(rate=corrupt_rate, phonetic=phonetic, visual=visual, random_share=random_char,
+                                   confusion_dir=str(confusion) if confusion else None)
+    run_correct_training(train_file, synthetic or [], dev, model, cfg, kind="plain" if plain else "soft-masked",
+                         max_length=max_length, corruption=corruption,
+                         save_dtype=torch.float16 if save_fp16 else None, recompute=recompute_opts)
 
 
 InputArg = Annotated[str, typer.Argument(metavar="INPUT", help="A .txt (one text a line), .tsv (header with text or text_a/text_b) or .jsonl file; '-' for stdin.")]
@@ -248,6 +276,41 @@ def embed(
     spec = emb.parse_pooling(pooling or emb.default_pooling(embedder), base_pooling)
     vectors = embedder.embed(read_texts(input_file), spec)
     emb.write_vectors(vectors, output, normalize=normalize, precision=precision)
+
+
+@app.command()
+def correct(
+    input_file: Annotated[Optional[str], typer.Argument(metavar="[INPUT]", help="Text to correct, one sentence or paragraph a line ('-' for stdin).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Corrector directory (default: the shipped bertkit-zh-csc).")] = None,
+    output: OutputOpt = None,
+    details: Annotated[bool, typer.Option("--details", help="JSON lines: the corrected text and each change (position, original, correction, probability, detection).")] = False,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Change a character only when the model gives its correction at least this probability: higher = fewer, surer changes.")] = 0.5,
+    eval_pairs: Annotated[Optional[str], typer.Option("--eval", help="Score on source<TAB>target pairs: SIGHAN sentence-level detection/correction P/R/F1, FPR and character-level scores, as one JSON line.")] = None,
+    max_length: Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer lines are corrected in overlapping windows, never cut.")] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 64,
+    threads: Threads = None,
+):
+    """Chinese spelling correction: one corrected line per input line; only Chinese characters change."""
+    import json
+    from dataclasses import asdict
+
+    from .correct import Corrector, change_record, read_pairs
+    from .metrics import csc_scores
+    from .textio import output_stream, read_texts
+
+    _threads(threads)
+    if (input_file is None) == (eval_pairs is None):
+        raise BertkitError("give exactly one of INPUT (correct) or --eval PAIRS (score)")
+    corrector = Corrector.load(model, threshold=threshold, batch_size=batch_size, max_length=max_length)
+    if eval_pairs:
+        pairs = read_pairs(eval_pairs)
+        hyps = [text for text, _ in corrector.correct(p.source for p in pairs)]
+        scores = csc_scores([p.source for p in pairs], [p.target for p in pairs], hyps)
+        print(json.dumps({k: round(v, 4) for k, v in asdict(scores).items()} | {"n": len(pairs)}))
+        return
+    with output_stream(output) as out:
+        for text, changes in corrector.correct(read_texts(input_file)):
+            out.write((change_record(text, changes) if details else text) + "\n")
 
 
 def main() -> None:

@@ -35,9 +35,9 @@ def models_root() -> Path:
     return Path(os.environ.get("BERTKIT_MODELS", REPO_ROOT / "data" / "models"))
 
 
-def resolve_model(name: str | os.PathLike | None) -> str:
+def resolve_model(name: str | os.PathLike | None, default: str = DEFAULT_MODEL) -> str:
     """Turn a model argument into a loadable local path (or a cached hub id), or fail clearly."""
-    name = str(name or DEFAULT_MODEL)
+    name = str(name or default)
     path = Path(name).expanduser()
     if path.exists():
         check_model_dir(path)
@@ -46,8 +46,8 @@ def resolve_model(name: str | os.PathLike | None) -> str:
     if shipped.exists():
         check_model_dir(shipped)
         return str(shipped)
-    if name == DEFAULT_MODEL:
-        raise BertkitError(f"the default model {DEFAULT_MODEL} is not in {models_root()}: install bertkit from its "
+    if name == default:
+        raise BertkitError(f"the default model {default} is not in {models_root()}: install bertkit from its "
                            "checkout (pip install -e .), set BERTKIT_MODELS, or pass -m MODEL_DIR")
     if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1:
         raise BertkitError(f"model directory {name} does not exist")

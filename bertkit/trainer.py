@@ -252,7 +252,7 @@ class Trainer:
         ctx = torch.autocast(device_type=_device_type(model), dtype=torch.bfloat16) if self.cfg.bf16 else contextlib.nullcontext()
         with ctx:
             out = model(**batch)
-        return out if isinstance(out, torch.Tensor) else out.loss
+        return out if isinstance(out, torch.Tensor) else out["loss"]  # HF outputs are dicts too
 
     def _step(self, model, optimizer, scheduler, step: int, order: list[int]) -> float:
         model.train()

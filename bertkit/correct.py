@@ -1,0 +1,449 @@
+"""Chinese spelling correction with Soft-Masked BERT (Zhang et al., ACL 2020).
+
+The model (section 2 of the paper):
+- detection network: a bidirectional GRU over the input embeddings e_i gives each character an
+  error probability p_i = sigmoid(W·h_i + b) (section 2.2);
+- soft masking: e'_i = p_i·e_[MASK] + (1 − p_i)·e_i, the input of the correction network, a BERT
+  encoder (section 2.3);
+- a residual connection adds the input embedding to the last hidden state, h'_i = h^c_i + e_i,
+  before the softmax over the vocabulary (section 2.3);
+- loss L = λ·L_correction + (1 − λ)·L_detection, λ = 0.8 (section 2.4), both over every
+  character position.
+
+Where we deviate, and why:
+- e_i is BERT's embedding sum (word + position + segment).  We apply the soft mask to the word
+  part before the sum: p·(w_mask + pos) + (1 − p)·(w_i + pos) = (p·w_mask + (1 − p)·w_i) + pos, the
+  same vector, so this is the paper's equation, applied before BERT's embedding LayerNorm (the
+  paper's e_i is the un-normalised sum; the normalised one is what feeds the GRU and the
+  residual, as those are the vectors the encoder itself sees).
+- The output layer is the checkpoint's pretrained MLM head (transform + tied decoder) instead of
+  a fresh linear layer: with a small BERT trained here, reusing the head's knowledge of which
+  characters fit a context matters more than with BERT-base.
+- ``kind="plain"`` is the paper's BERT baseline: the same BERT fine-tuned to predict the correct
+  character at every position, with no detector, soft mask or residual.
+
+Characters are the unit: every non-space character of a line is one token (looked up in the
+vocabulary, else [UNK]), so positions map one to one, and only Chinese characters are ever
+replaced, by single Chinese characters.  Lines longer than the model's window are corrected in
+overlapping windows; each character takes its prediction from the window where it sits most
+centrally.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import BertForMaskedLM
+
+from . import modelio
+from .confusion import SHARED_CONFUSION, ConfusionSets, Corruptor, is_chinese
+from .errors import BertkitError
+from .metrics import csc_scores
+from .progress import log
+from .recompute import RecomputeOptions, setup_recompute
+from .textio import map_in_order, read_lines
+from .trainer import TrainConfig, Trainer
+
+CORRECTOR_CONFIG = "corrector.json"
+DETECTOR_WEIGHTS = "detector.safetensors"
+DEFAULT_CORRECTOR = "bertkit-zh-csc"
+KINDS = ("soft-masked", "plain")
+
+
+class SoftMaskedBert(nn.Module):
+    """Detection GRU + soft-masked BERT correction network (or the plain BERT baseline)."""
+
+    def __init__(self, mlm: BertForMaskedLM, mask_id: int, kind: str = "soft-masked", gru_hidden: int | None = None,
+                 lam: float = 0.8):
+        super().__init__()
+        if kind not in KINDS:
+            raise BertkitError(f"corrector kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        self.mlm, self.kind, self.lam = mlm, kind, lam
+        hidden = mlm.config.hidden_size
+        self.gru_hidden = gru_hidden or hidden // 2
+        self.mask_id = mask_id
+        if kind == "soft-masked":
+            self.detector = nn.GRU(hidden, self.gru_hidden, batch_first=True, bidirectional=True)
+            self.detector_out = nn.Linear(2 * self.gru_hidden, 1)
+
+    def detect(self, embedded: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """p_i, the probability that character i is wrong (padding-aware: packed sequences)."""
+        lengths = attention_mask.sum(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.detector(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=embedded.shape[1])
+        return torch.sigmoid(self.detector_out(out).squeeze(-1))
+
+    def forward(self, input_ids, attention_mask, labels=None, detect_labels=None) -> dict[str, torch.Tensor]:
+        bert = self.mlm.bert
+        if self.kind == "plain":
+            logits = self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
+            prob = None
+        else:
+            words = bert.embeddings.word_embeddings(input_ids)
+            embedded = bert.embeddings(inputs_embeds=words)  # e_i: what the encoder would see unmasked
+            prob = self.detect(embedded, attention_mask)
+            mask_word = bert.embeddings.word_embeddings.weight[self.mask_id]
+            p = prob.unsqueeze(-1).to(words.dtype)
+            soft = p * mask_word + (1 - p) * words
+            hidden = bert(inputs_embeds=soft, attention_mask=attention_mask).last_hidden_state
+            logits = self.mlm.cls(hidden + embedded)
+        out = {"logits": logits}
+        if prob is not None:
+            out["detect_prob"] = prob
+        if labels is not None:
+            out["loss"] = self.loss(logits, prob, labels, detect_labels, attention_mask)
+        return out
+
+    def loss(self, logits, prob, labels, detect_labels, attention_mask) -> torch.Tensor:
+        correction = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        if prob is None:
+            return correction
+        keep = attention_mask.bool()
+        detection = F.binary_cross_entropy(prob.float()[keep], detect_labels.float()[keep])
+        return self.lam * correction + (1 - self.lam) * detection
+
+    # ---- persistence: a transformers BertForMaskedLM directory plus the detector beside it
+
+    def save(self, directory: Path, tokenizer, dtype: torch.dtype | None = None) -> None:
+        directory = Path(directory)
+        modelio.save_pretrained(self.mlm, tokenizer, directory, dtype=dtype)
+        meta = {"kind": self.kind, "gru_hidden": self.gru_hidden, "lambda": self.lam, "mask_id": self.mask_id,
+                "paper": "Soft-Masked BERT, Zhang et al., ACL 2020"}
+        _write_atomic(directory / CORRECTOR_CONFIG, json.dumps(meta, indent=2).encode())
+        if self.kind == "soft-masked":
+            weights = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()
+                       if k.startswith("detector")}
+            tmp = directory / (DETECTOR_WEIGHTS + ".tmp")
+            save_file(weights, str(tmp))
+            tmp.replace(directory / DETECTOR_WEIGHTS)
+
+    @classmethod
+    def load(cls, path: str) -> "SoftMaskedBert":
+        meta_path = Path(path) / CORRECTOR_CONFIG
+        if not meta_path.exists():
+            raise BertkitError(f"{path} is not a spelling corrector (no {CORRECTOR_CONFIG}); "
+                               "train one with `bertkit train --task correct`")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            kind, gru_hidden, lam, mask_id = meta["kind"], int(meta["gru_hidden"]), float(meta["lambda"]), int(meta["mask_id"])
+        except (ValueError, KeyError, TypeError):
+            raise BertkitError(f"{meta_path} is corrupt") from None
+        mlm = modelio.load_model(path, BertForMaskedLM, dtype=torch.float32)
+        if not 0 <= mask_id < mlm.config.vocab_size:
+            raise BertkitError(f"{meta_path}: mask_id {mask_id} is outside the vocabulary")
+        model = cls(mlm, mask_id, kind, gru_hidden, lam)
+        if kind == "soft-masked":
+            try:
+                weights = load_file(str(Path(path) / DETECTOR_WEIGHTS))
+                model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
+            except Exception as exc:
+                raise BertkitError(f"cannot load the detector of {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+            missing = {k for k in model.state_dict() if k.startswith("detector")} - set(weights)
+            if missing:
+                raise BertkitError(f"{path}/{DETECTOR_WEIGHTS} lacks {', '.join(sorted(missing))}")
+        return model
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- characters <-> ids
+
+
+class CharVocab:
+    """One id per character; spaces are not fed to the model but keep their place in the line."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.vocab = tokenizer.get_vocab()
+        self.unk = tokenizer.unk_token_id
+        self.cls, self.sep, self.pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
+        self.chinese_ids = {i: t for t, i in self.vocab.items() if is_chinese(t)}
+
+    def id(self, ch: str) -> int:
+        return self.vocab.get(ch, self.vocab.get(ch.lower(), self.unk))
+
+    def positions(self, text: str) -> list[int]:
+        return [i for i, ch in enumerate(text) if not ch.isspace()]
+
+
+@dataclass
+class Change:
+    position: int
+    original: str
+    correction: str
+    probability: float
+    detection: float | None
+
+    def as_dict(self) -> dict:
+        d = {"position": self.position, "original": self.original, "correction": self.correction,
+             "probability": round(self.probability, 4)}
+        if self.detection is not None:
+            d["detection"] = round(self.detection, 4)
+        return d
+
+
+@dataclass
+class _Window:
+    line: int  # index of the line in the batch being corrected
+    chars: list[int]  # positions in the line
+    keep_from: int  # this window decides positions chars[keep_from:keep_to]
+    keep_to: int
+
+
+def windows(n: int, size: int) -> list[tuple[int, int, int, int]]:
+    """(start, end, keep_from, keep_to) covering n characters; windows overlap by half, and each
+    character is decided by the window where it is farthest from an edge."""
+    if n <= size:
+        return [(0, n, 0, n)]
+    stride = size // 2
+    starts = list(range(0, n - size, stride)) + [n - size]
+    out = []
+    for k, s in enumerate(starts):
+        lo = 0 if k == 0 else (s + (starts[k - 1] + size)) // 2 - s
+        hi = size if k == len(starts) - 1 else (starts[k + 1] + s + size) // 2 - s
+        out.append((s, s + size, lo, hi))
+    return out
+
+
+class Corrector:
+    """A loaded corrector: corrects lines in input order, any length."""
+
+    def __init__(self, model: SoftMaskedBert, tokenizer, threshold: float = 0.5, batch_size: int = 64,
+                 max_length: int | None = None):
+        self.model = model.eval()
+        self.chars = CharVocab(tokenizer)
+        self.threshold = threshold
+        self.batch_size = batch_size
+        limit = model.mlm.config.max_position_embeddings
+        self.window = min(max_length or 128, limit) - 2
+        if self.window < 4:
+            raise BertkitError("--max-length is too small for spelling correction")
+        self._chinese = torch.zeros(model.mlm.config.vocab_size, dtype=torch.bool)
+        self._chinese[list(self.chars.chinese_ids)] = True
+
+    @classmethod
+    def load(cls, model: str | None, **kwargs) -> "Corrector":
+        path = modelio.resolve_model(model, default=DEFAULT_CORRECTOR)
+        return cls(SoftMaskedBert.load(path), modelio.load_tokenizer(path), **kwargs)
+
+    def correct(self, texts: Iterable[str]) -> Iterator[tuple[str, list[Change]]]:
+        yield from map_in_order(texts, self._correct_batch, length=len, batch_size=self.batch_size)
+
+    def _correct_batch(self, texts: Sequence[str]) -> list[tuple[str, list[Change]]]:
+        wins = []
+        for li, text in enumerate(texts):
+            pos = self.chars.positions(text)
+            for s, e, lo, hi in windows(len(pos), self.window):
+                wins.append(_Window(li, pos[s:e], lo, hi))
+        changes: list[list[Change]] = [[] for _ in texts]
+        for start in range(0, len(wins), self.batch_size):
+            chunk = [w for w in wins[start : start + self.batch_size] if w.chars]
+            if chunk:
+                self._predict(texts, chunk, changes)
+        out = []
+        for text, found in zip(texts, changes):
+            chars = list(text)
+            for c in found:
+                chars[c.position] = c.correction
+            out.append(("".join(chars), sorted(found, key=lambda c: c.position)))
+        return out
+
+    def _predict(self, texts, wins: list[_Window], changes: list[list[Change]]) -> None:
+        ids = [[self.chars.id(texts[w.line][p]) for p in w.chars] for w in wins]
+        batch = pad_ids(ids, self.chars)
+        with torch.inference_mode():
+            out = self.model(batch["input_ids"], batch["attention_mask"])
+        probs = out["logits"].float().softmax(-1)[:, 1:-1]
+        probs = probs.masked_fill(~self._chinese, 0.0)  # only ever write a Chinese character
+        best_p, best = probs.max(-1)
+        detect = out.get("detect_prob")
+        for b, w in enumerate(wins):
+            text = texts[w.line]
+            for k in range(w.keep_from, w.keep_to):
+                pos = w.chars[k]
+                ch, new_id = text[pos], int(best[b, k])
+                if not is_chinese(ch) or new_id == ids[b][k] or float(best_p[b, k]) < self.threshold:
+                    continue
+                new = self.chars.chinese_ids.get(new_id)
+                if new and new != ch:
+                    p_det = float(detect[b, k + 1]) if detect is not None else None
+                    changes[w.line].append(Change(pos, ch, new, float(best_p[b, k]), p_det))
+
+
+def pad_ids(rows: Sequence[list[int]], chars: CharVocab, labels: Sequence[list[int]] | None = None,
+            detect: Sequence[list[int]] | None = None) -> dict[str, torch.Tensor]:
+    """[CLS] ids [SEP], right-padded; labels are -100 and detection targets 0 off the characters."""
+    width = max(len(r) for r in rows) + 2
+    input_ids = torch.full((len(rows), width), chars.pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    batch = {"input_ids": input_ids, "attention_mask": attention}
+    if labels is not None:
+        batch["labels"] = torch.full((len(rows), width), -100, dtype=torch.long)
+        batch["detect_labels"] = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        n = len(row)
+        input_ids[b, : n + 2] = torch.tensor([chars.cls, *row, chars.sep])
+        attention[b, : n + 2] = 1
+        if labels is not None:
+            batch["labels"][b, 1 : n + 1] = torch.tensor(labels[b])
+            batch["detect_labels"][b, 1 : n + 1] = torch.tensor(detect[b])
+    return batch
+
+
+# ---------------------------------------------------------------- data and training
+
+
+@dataclass
+class Pair:
+    source: str | None  # None: a correct sentence to corrupt afresh at every epoch
+    target: str
+    lineno: int = 0
+
+
+def read_pairs(path: str) -> list[Pair]:
+    """``source<TAB>target`` lines (SIGHAN style, substitutions only); an optional header is skipped."""
+    pairs = []
+    for lineno, line in read_lines(path):
+        if lineno == 1 and line.strip().lower() == "source\ttarget":
+            continue
+        cells = line.split("\t")
+        if len(cells) != 2:
+            raise BertkitError(f"{path}:{lineno}: expected source<TAB>target, found {len(cells)} column(s)")
+        src, tgt = cells
+        if len(src) != len(tgt):
+            raise BertkitError(f"{path}:{lineno}: source and target differ in length ({len(src)} vs {len(tgt)}); "
+                               "spelling pairs must be character-for-character substitutions")
+        if src.strip():
+            pairs.append(Pair(src, tgt, lineno))
+    if not pairs:
+        raise BertkitError(f"{path} has no sentence pairs")
+    return pairs
+
+
+SENTENCE_END = "。！？!?；;"
+
+
+def split_sentences(text: str, max_chars: int) -> list[str]:
+    """Cut a long line at sentence ends into pieces of at most ``max_chars`` characters."""
+    pieces, current = [], ""
+    for ch in text:
+        current += ch
+        if ch in SENTENCE_END or len(current) >= max_chars:
+            pieces.append(current)
+            current = ""
+    if current:
+        pieces.append(current)
+    return [p.strip() for p in pieces if sum(map(is_chinese, p)) >= 4]
+
+
+def read_synthetic(paths: Sequence[str], max_chars: int) -> list[Pair]:
+    """Correct sentences from plain text files, to be corrupted on the fly."""
+    out = []
+    for path in paths:
+        for lineno, line in read_lines(path):
+            out.extend(Pair(None, s, lineno) for s in split_sentences(line, max_chars))
+    return out
+
+
+class CorrectTask:
+    """Spelling-correction training for the shared trainer; synthetic errors are drawn per batch."""
+
+    def __init__(self, model: SoftMaskedBert, tokenizer, train: Sequence[Pair], dev: Sequence[Pair],
+                 corruptor: Corruptor, max_chars: int, save_dtype: torch.dtype | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.chars = CharVocab(tokenizer)
+        self.corruptor, self.dev, self.save_dtype = corruptor, list(dev), save_dtype
+        self.max_length = max_chars + 2
+        self.examples = [piece for pair in train for piece in _chunks(pair, max_chars)]
+
+    def length(self, pair: Pair) -> int:
+        return len(pair.target)
+
+    def collate(self, pairs: Sequence[Pair], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        rows, labels, detect = [], [], []
+        for pair in pairs:
+            source = pair.source if pair.source is not None else self.corruptor(pair.target, rng)
+            pos = self.chars.positions(pair.target)
+            src_ids = [self.chars.id(source[p]) for p in pos]
+            tgt_ids = [self.chars.id(pair.target[p]) for p in pos]
+            rows.append(src_ids)
+            # a target outside the vocabulary cannot be predicted: no correction loss there
+            labels.append([t if t != self.chars.unk or s == t else -100 for s, t in zip(src_ids, tgt_ids)])
+            detect.append([int(source[p] != pair.target[p]) for p in pos])
+        return pad_ids(rows, self.chars, labels, detect)
+
+    def evaluate(self, model: SoftMaskedBert) -> dict[str, float]:
+        if not self.dev:
+            return {}
+        corrector = Corrector(model, self.tokenizer, max_length=self.max_length)
+        hyps = [text for text, _ in corrector.correct([p.source for p in self.dev])]
+        scores = csc_scores([p.source for p in self.dev], [p.target for p in self.dev], hyps)
+        return {"cor_f1": scores.cor_f1, "det_f1": scores.det_f1, "fpr": scores.fpr}
+
+    def save(self, model: SoftMaskedBert, directory: Path) -> None:
+        model.save(directory, self.tokenizer, dtype=self.save_dtype)
+
+
+def _chunks(pair: Pair, max_chars: int) -> list[Pair]:
+    if len(pair.target) <= max_chars:
+        return [pair]
+    return [Pair(None if pair.source is None else pair.source[i : i + max_chars], pair.target[i : i + max_chars],
+                 pair.lineno) for i in range(0, len(pair.target), max_chars)]
+
+
+@dataclass
+class CorruptionOptions:
+    rate: float = 0.15
+    phonetic: float = 0.8
+    visual: float = 0.0
+    random_share: float = 0.2
+    confusion_dir: str | None = None
+
+
+def run_correct_training(train_path: str | None, synthetic: Sequence[str], dev_path: str | None, model: str | None,
+                         cfg: TrainConfig, kind: str = "soft-masked", max_length: int = 128,
+                         corruption: CorruptionOptions = CorruptionOptions(), save_dtype: torch.dtype | None = None,
+                         recompute: RecomputeOptions = RecomputeOptions()) -> dict:
+    """Fine-tune a BERT checkpoint into a spelling corrector with the shared trainer."""
+    path = modelio.resolve_model(model)
+    tokenizer = modelio.load_tokenizer(path)
+    max_chars = max_length - 2
+    train = (read_pairs(train_path) if train_path else []) + read_synthetic(synthetic, max_chars)
+    if not train:
+        raise BertkitError("no training data: give a source<TAB>target file and/or --synthetic text files")
+    dev = read_pairs(dev_path) if dev_path else []
+    torch.manual_seed(cfg.seed)
+    mlm = modelio.load_model(path, BertForMaskedLM, dtype=torch.float32)
+    if max_length > mlm.config.max_position_embeddings:
+        raise BertkitError(f"--max-length {max_length} exceeds the model's {mlm.config.max_position_embeddings} positions")
+    if tokenizer.mask_token_id is None:
+        raise BertkitError(f"{path}: the tokenizer has no [MASK] token, which soft masking needs")
+    net = SoftMaskedBert(mlm, tokenizer.mask_token_id, kind)
+    confusion = ConfusionSets.build(tokenizer.get_vocab(), Path(corruption.confusion_dir or SHARED_CONFUSION))
+    corruptor = Corruptor(confusion, list(tokenizer.get_vocab()), rate=corruption.rate, phonetic=corruption.phonetic,
+                          visual=corruption.visual, random_share=corruption.random_share)
+    task = CorrectTask(net, tokenizer, train, dev, corruptor, max_chars, save_dtype=save_dtype)
+    n_synth = sum(p.source is None for p in train)
+    log(f"{kind} corrector: {len(train) - n_synth} sentence pairs, {n_synth} synthetic sentences, {len(dev)} dev pairs")
+    if dev:
+        cfg.metric = cfg.metric or "cor_f1"
+    setup_recompute(task, task.examples, cfg, recompute)
+    return Trainer(task, task.examples, cfg).fit()
+
+
+def change_record(text: str, changes: Sequence[Change]) -> str:
+    return json.dumps({"text": text, "changes": [c.as_dict() for c in changes]}, ensure_ascii=False)

@@ -1,0 +1,200 @@
+"""Soft-Masked BERT: the equations, the loss, windows, the corrector's guarantees, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import BertForMaskedLM
+
+from bertkit import modelio
+from bertkit.confusion import ConfusionSets, Corruptor, fuzzy_pinyin, is_chinese
+from bertkit.correct import CharVocab, Corrector, SoftMaskedBert, pad_ids, read_pairs, windows
+
+from conftest import run_cli
+
+
+@pytest.fixture()
+def soft(tiny_model):
+    torch.manual_seed(0)
+    mlm = modelio.load_model(str(tiny_model), BertForMaskedLM)
+    tok = modelio.load_tokenizer(str(tiny_model))
+    return SoftMaskedBert(mlm, tok.mask_token_id).eval(), tok
+
+
+def _batch(tok, texts):
+    chars = CharVocab(tok)
+    return pad_ids([[chars.id(c) for c in t] for t in texts], chars)
+
+
+def test_soft_mask_is_the_papers_equation(soft, monkeypatch):
+    model, tok = soft
+    batch = _batch(tok, ["我爱北京", "球队"])
+    emb = model.mlm.bert.embeddings
+    seen = {}
+    real_forward = model.mlm.bert.forward
+
+    def spy(*args, **kwargs):
+        seen["inputs_embeds"] = kwargs["inputs_embeds"]
+        out = real_forward(*args, **kwargs)
+        seen["hidden"] = out.last_hidden_state
+        return out
+
+    p = torch.rand(batch["input_ids"].shape)
+    monkeypatch.setattr(model, "detect", lambda embedded, mask: p)
+    monkeypatch.setattr(model.mlm.bert, "forward", spy)
+    with torch.no_grad():
+        out = model(**batch)
+        words = emb.word_embeddings(batch["input_ids"])
+        mask_word = emb.word_embeddings.weight[tok.mask_token_id]
+        expected = p[..., None] * mask_word + (1 - p[..., None]) * words
+        torch.testing.assert_close(seen["inputs_embeds"], expected)
+        # with p = 1 the encoder sees exactly an all-[MASK] input (positions still added)
+        all_mask = torch.full_like(batch["input_ids"], tok.mask_token_id)
+        p.fill_(1.0)
+        model(**batch)
+        ref = real_forward(input_ids=all_mask, attention_mask=batch["attention_mask"]).last_hidden_state
+        torch.testing.assert_close(seen["hidden"], ref)
+        # residual: logits = head(h_c + e) with e the unmasked input embedding
+        p.uniform_()
+        out = model(**batch)
+        embedded = emb(inputs_embeds=words)
+        torch.testing.assert_close(out["logits"], model.mlm.cls(seen["hidden"] + embedded))
+
+
+def test_loss_is_lambda_weighted_correction_plus_detection(soft):
+    model, tok = soft
+    chars = CharVocab(tok)
+    src, tgt = "我爱北经", "我爱北京"
+    batch = pad_ids([[chars.id(c) for c in src]], chars, labels=[[chars.id(c) for c in tgt]], detect=[[0, 0, 0, 1]])
+    out = model(**batch)
+    logits, prob = out["logits"], out["detect_prob"]
+    keep = batch["attention_mask"].bool()
+    l_c = F.cross_entropy(logits[0, 1:5], batch["labels"][0, 1:5])
+    l_d = F.binary_cross_entropy(prob[keep], batch["detect_labels"][keep].float())
+    torch.testing.assert_close(out["loss"], 0.8 * l_c + 0.2 * l_d)
+    assert model.lam == 0.8
+
+
+def test_detection_ignores_padding(soft):
+    model, tok = soft
+    alone = model(**_batch(tok, ["球队比赛"]))["detect_prob"][0, :6]
+    padded = model(**_batch(tok, ["球队比赛", "我爱北京天安门你好"]))["detect_prob"][0, :6]
+    torch.testing.assert_close(alone, padded)
+
+
+def test_plain_kind_is_bert_mlm(soft, tiny_model):
+    model, tok = soft
+    plain = SoftMaskedBert(model.mlm, tok.mask_token_id, kind="plain")
+    batch = _batch(tok, ["我爱北京"])
+    torch.testing.assert_close(plain(**batch)["logits"], model.mlm(**batch).logits)
+    assert not hasattr(plain, "detector")
+
+
+def test_save_and_load_roundtrip(soft, tmp_path):
+    model, tok = soft
+    model.save(tmp_path / "c", tok)
+    again = SoftMaskedBert.load(str(tmp_path / "c")).eval()
+    batch = _batch(tok, ["我爱北京"])
+    torch.testing.assert_close(again(**batch)["logits"], model(**batch)["logits"])
+    # the BERT part is a plain transformers directory
+    assert BertForMaskedLM.from_pretrained(tmp_path / "c").config.hidden_size == 32
+
+
+@pytest.mark.parametrize("n,size", [(0, 10), (5, 10), (10, 10), (11, 10), (37, 10), (1000, 126)])
+def test_windows_decide_each_position_once(n, size):
+    decided = []
+    for s, e, lo, hi in windows(n, size):
+        assert e - s <= size and 0 <= lo <= hi <= e - s
+        decided += range(s + lo, s + hi)
+    assert decided == list(range(n))
+
+
+def _forcing_corrector(soft, char="球", **kw):
+    """A corrector whose head always prefers ``char``: every Chinese character it may change, it changes."""
+    model, tok = soft
+    with torch.no_grad():
+        model.mlm.cls.predictions.bias[tok.convert_tokens_to_ids(char)] += 100.0
+    return Corrector(model, tok, max_length=16, **kw)
+
+
+def test_corrector_only_changes_chinese_and_keeps_alignment(soft):
+    corrector = _forcing_corrector(soft)
+    lines = ["", "hello 123 😀", "我爱ＡＢＣ，北京！", "他 说：“好”", "中" * 10_000, "abc我"]
+    out = list(corrector.correct(lines))
+    assert len(out) == len(lines)
+    for line, (text, changes) in zip(lines, out):
+        assert len(text) == len(line)
+        for a, b in zip(line, text):
+            assert a == b or (is_chinese(a) and b == "球")
+        assert [c.position for c in changes] == [i for i, ch in enumerate(line) if is_chinese(ch) and ch != "球"]
+    assert out[4][0] == "球" * 10_000  # a 10,000-character line, corrected in windows, nothing lost
+
+
+def test_threshold_trades_changes_for_precision(soft):
+    model, tok = soft
+    lines = ["我爱北京天安门"]
+    loose = list(Corrector(model, tok, threshold=0.0).correct(lines))[0][1]
+    strict = list(Corrector(model, tok, threshold=1.0).correct(lines))[0][1]
+    assert len(loose) > 0 and strict == []
+
+
+def test_corruptor_replaces_only_chinese_at_the_rate(tiny_model):
+    tok = modelio.load_tokenizer(str(tiny_model))
+    sets = ConfusionSets.build(tok.get_vocab(), confusion_dir=None)
+    corrupt = Corruptor(sets, list(tok.get_vocab()), rate=0.15)
+    rng = random.Random(0)
+    text = "球队比赛冠军进球，abc 123！" * 4
+    changed = total = 0
+    for _ in range(300):
+        out = corrupt(text, rng)
+        assert len(out) == len(text)
+        for a, b in zip(text, out):
+            assert a == b or (is_chinese(a) and is_chinese(b))
+            changed += a != b
+        total += sum(map(is_chinese, text))
+    assert 0.12 < changed / total < 0.18
+
+
+def test_pinyin_confusion_groups_homophones(tiny_model):
+    sets = ConfusionSets.build("的地得在再北京经精", confusion_dir=None)
+    assert "再" in sets.homophone["在"] and "精" in sets.homophone["经"]
+    assert fuzzy_pinyin("zhang") == fuzzy_pinyin("zan") == "zan"
+
+
+def test_read_pairs_rejects_length_change(tmp_path):
+    (tmp_path / "bad.tsv").write_text("我爱北经\t我爱北京啊\n", encoding="utf-8")
+    with pytest.raises(Exception, match="differ in length"):
+        read_pairs(str(tmp_path / "bad.tsv"))
+
+
+def test_cli_train_correct_and_eval(tiny_model, tmp_path):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{s}\t{t}\n" for s, t in [("我爱北经", "我爱北京"), ("球队比塞", "球队比赛")] * 8), encoding="utf-8")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("球队比赛冠军进球。我爱北京天安门。\n" * 20, encoding="utf-8")
+    out = tmp_path / "csc"
+    run_cli("train", "--task", "correct", str(pairs), "--synthetic", str(corpus), "--dev", str(pairs), "-m", str(tiny_model),
+            "-o", str(out), "--max-steps", "3", "--batch-size", "8", "--max-length", "32", check=True)
+    assert json.loads((out / "corrector.json").read_text())["kind"] == "soft-masked"
+    scores = json.loads(run_cli("correct", "--eval", str(pairs), "-m", str(out), check=True).stdout)
+    assert {"det_f1", "cor_f1", "fpr", "char_cor_f1"} <= set(scores) and scores["n"] == 16
+    text = "我爱北经\n\nhello\n".encode()
+    plain = run_cli("correct", "-", "-m", str(out), input=text, check=True).stdout.decode().split("\n")
+    assert len(plain) == 4 and plain[1:] == ["", "hello", ""]
+    details = [json.loads(l) for l in run_cli("correct", "-", "-m", str(out), "--details", input=text, check=True).stdout.splitlines()]
+    assert [d["text"] for d in details][1:] == ["", "hello"] and all(isinstance(d["changes"], list) for d in details)
+
+
+def test_cli_correct_bad_input(soft, tiny_model, tmp_path):
+    bad = run_cli("correct", "-", "-m", str(tiny_model), input="我爱北京\n".encode())
+    assert bad.returncode == 1 and b"not a spelling corrector" in bad.stderr and b"Traceback" not in bad.stderr
+    model, tok = soft
+    model.save(tmp_path / "csc", tok)
+    utf = tmp_path / "bad.txt"
+    utf.write_bytes("我爱北京\n".encode() + b"\xff\xfe\n")
+    proc = run_cli("correct", str(utf), "-m", str(tmp_path / "csc"))
+    assert proc.returncode == 1 and b"invalid UTF-8" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
