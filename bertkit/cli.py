@@ -284,7 +284,7 @@ def correct(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Corrector directory (default: the shipped bertkit-zh-csc).")] = None,
     output: OutputOpt = None,
     details: Annotated[bool, typer.Option("--details", help="JSON lines: the corrected text and each change (position, original, correction, probability, detection).")] = False,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Change a character only when the model gives its correction at least this probability: higher = fewer, surer changes.")] = 0.5,
+    threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Change a character only when the model gives its correction at least this probability: higher = fewer, surer changes (default: the model's, tuned on dev when it was trained).")] = None,
     eval_pairs: Annotated[Optional[str], typer.Option("--eval", help="Score on source<TAB>target pairs: SIGHAN sentence-level detection/correction P/R/F1, FPR and character-level scores, as one JSON line.")] = None,
     max_length: Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer lines are corrected in overlapping windows, never cut.")] = 128,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 64,

@@ -56,6 +56,8 @@ CORRECTOR_CONFIG = "corrector.json"
 DETECTOR_WEIGHTS = "detector.safetensors"
 DEFAULT_CORRECTOR = "bertkit-zh-csc"
 KINDS = ("soft-masked", "plain")
+DEFAULT_THRESHOLD = 0.5
+THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(4, 20)]  # 0.2 .. 0.95
 
 
 class SoftMaskedBert(nn.Module):
@@ -67,6 +69,7 @@ class SoftMaskedBert(nn.Module):
         if kind not in KINDS:
             raise BertkitError(f"corrector kind must be one of {', '.join(KINDS)}, not {kind!r}")
         self.mlm, self.kind, self.lam = mlm, kind, lam
+        self.threshold = DEFAULT_THRESHOLD  # the operating point; training with --dev tunes it
         hidden = mlm.config.hidden_size
         self.gru_hidden = gru_hidden or hidden // 2
         self.mask_id = mask_id
@@ -117,6 +120,7 @@ class SoftMaskedBert(nn.Module):
         directory = Path(directory)
         modelio.save_pretrained(self.mlm, tokenizer, directory, dtype=dtype)
         meta = {"kind": self.kind, "gru_hidden": self.gru_hidden, "lambda": self.lam, "mask_id": self.mask_id,
+                "threshold": self.threshold,
                 "paper": "Soft-Masked BERT, Zhang et al., ACL 2020"}
         _write_atomic(directory / CORRECTOR_CONFIG, json.dumps(meta, indent=2).encode())
         if self.kind == "soft-masked":
@@ -141,6 +145,7 @@ class SoftMaskedBert(nn.Module):
         if not 0 <= mask_id < mlm.config.vocab_size:
             raise BertkitError(f"{meta_path}: mask_id {mask_id} is outside the vocabulary")
         model = cls(mlm, mask_id, kind, gru_hidden, lam)
+        model.threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
         if kind == "soft-masked":
             try:
                 weights = load_file(str(Path(path) / DETECTOR_WEIGHTS))
@@ -221,11 +226,11 @@ def windows(n: int, size: int) -> list[tuple[int, int, int, int]]:
 class Corrector:
     """A loaded corrector: corrects lines in input order, any length."""
 
-    def __init__(self, model: SoftMaskedBert, tokenizer, threshold: float = 0.5, batch_size: int = 64,
+    def __init__(self, model: SoftMaskedBert, tokenizer, threshold: float | None = None, batch_size: int = 64,
                  max_length: int | None = None):
         self.model = model.eval()
         self.chars = CharVocab(tokenizer)
-        self.threshold = threshold
+        self.threshold = model.threshold if threshold is None else threshold
         self.batch_size = batch_size
         limit = model.mlm.config.max_position_embeddings
         self.window = min(max_length or 128, limit) - 2
@@ -253,13 +258,7 @@ class Corrector:
             chunk = [w for w in wins[start : start + self.batch_size] if w.chars]
             if chunk:
                 self._predict(texts, chunk, changes)
-        out = []
-        for text, found in zip(texts, changes):
-            chars = list(text)
-            for c in found:
-                chars[c.position] = c.correction
-            out.append(("".join(chars), sorted(found, key=lambda c: c.position)))
-        return out
+        return [(apply_changes(text, found), sorted(found, key=lambda c: c.position)) for text, found in zip(texts, changes)]
 
     def _predict(self, texts, wins: list[_Window], changes: list[list[Change]]) -> None:
         ids = [[self.chars.id(texts[w.line][p]) for p in w.chars] for w in wins]
@@ -281,6 +280,13 @@ class Corrector:
                 if new and new != ch:
                     p_det = float(detect[b, k + 1]) if detect is not None else None
                     changes[w.line].append(Change(pos, ch, new, float(best_p[b, k]), p_det))
+
+
+def apply_changes(text: str, changes: Iterable[Change]) -> str:
+    chars = list(text)
+    for c in changes:
+        chars[c.position] = c.correction
+    return "".join(chars)
 
 
 def pad_ids(rows: Sequence[list[int]], chars: CharVocab, labels: Sequence[list[int]] | None = None,
@@ -387,12 +393,20 @@ class CorrectTask:
         return pad_ids(rows, self.chars, labels, detect)
 
     def evaluate(self, model: SoftMaskedBert) -> dict[str, float]:
+        """Dev scores at the threshold that maximises sentence-level correction F1 on dev; the
+        model keeps that threshold as its operating point (saved in corrector.json)."""
         if not self.dev:
             return {}
-        corrector = Corrector(model, self.tokenizer, max_length=self.max_length)
-        hyps = [text for text, _ in corrector.correct([p.source for p in self.dev])]
-        scores = csc_scores([p.source for p in self.dev], [p.target for p in self.dev], hyps)
-        return {"cor_f1": scores.cor_f1, "det_f1": scores.det_f1, "fpr": scores.fpr}
+        sources, targets = [p.source for p in self.dev], [p.target for p in self.dev]
+        found = [changes for _, changes in Corrector(model, self.tokenizer, threshold=0.0, max_length=self.max_length).correct(sources)]
+        best = None
+        for t in THRESHOLD_GRID:
+            hyps = [apply_changes(src, [c for c in changes if c.probability >= t]) for src, changes in zip(sources, found)]
+            scores = csc_scores(sources, targets, hyps)
+            if best is None or scores.cor_f1 >= best[1].cor_f1:  # ties: the surer, higher threshold
+                best = (t, scores)
+        model.threshold, scores = best
+        return {"cor_f1": scores.cor_f1, "det_f1": scores.det_f1, "fpr": scores.fpr, "threshold": model.threshold}
 
     def save(self, model: SoftMaskedBert, directory: Path) -> None:
         model.save(directory, self.tokenizer, dtype=self.save_dtype)

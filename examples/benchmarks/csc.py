@@ -1,0 +1,81 @@
+"""Spelling correction on SIGHAN15: the shipped Soft-Masked BERT vs a plain BERT corrector trained
+with the same data, steps and seed; SIGHAN sentence-level scores, FPR and sentences/s.
+
+    python examples/benchmarks/csc.py [--soft data/models/bertkit-zh-csc] [--plain runs/csc-plain]
+    python examples/benchmarks/csc.py --train    # first retrain both with the recipe below (about an hour)
+
+Both correctors run through the same `Corrector` (one process, --threads CPU threads, each timed
+on the whole test set after a short warm-up). Scores are x 100.
+Last stdout line: {"soft_masked": {det_p, det_r, det_f1, cor_p, cor_r, cor_f1, fpr, sentences_per_s, ...},
+                   "plain_bert": {...}}
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data" / "csc"
+sys.path.insert(0, str(ROOT))
+
+from bertkit.correct import Corrector, read_pairs  # noqa: E402
+from bertkit.metrics import csc_scores  # noqa: E402
+
+# the recipe of the shipped corrector; --plain adds the baseline's flag and nothing else
+RECIPE = ["train", "--task", "correct", "runs/csc/train.tsv", "--synthetic", "runs/csc/synthetic_15k.txt",
+          "--dev", "runs/csc/dev.tsv", "--max-steps", "1500", "--batch-size", "32", "--lr", "1e-4", "--warmup", "0.06",
+          "--eval-every", "250", "--save-every", "100", "--seed", "42", "--threads", "1", "--bf16", "--save-fp16"]
+
+
+def train_both() -> tuple[str, str]:
+    subprocess.run([sys.executable, "examples/make_csc_data.py", "-o", "runs/csc"], cwd=ROOT, check=True)
+    subprocess.run("shuf -n 15000 --random-source=<(yes 7) runs/csc/synthetic.txt > runs/csc/synthetic_15k.txt",
+                   shell=True, executable="/bin/bash", cwd=ROOT, check=True)
+    for name, extra in (("soft", []), ("plain", ["--plain"])):
+        subprocess.run([sys.executable, "-m", "bertkit.cli", *RECIPE, "-o", f"runs/csc-{name}", *extra], cwd=ROOT, check=True)
+    return str(ROOT / "runs/csc-soft"), str(ROOT / "runs/csc-plain")
+
+
+def score(model_dir: str, pairs, threshold: float | None) -> dict:
+    kwargs = {} if threshold is None else {"threshold": threshold}
+    corrector = Corrector.load(model_dir, **kwargs)
+    list(corrector.correct([p.source for p in pairs[:64]]))  # warm-up
+    start = time.perf_counter()
+    hyps = [text for text, _ in corrector.correct([p.source for p in pairs])]
+    seconds = time.perf_counter() - start
+    scores = {k: round(v * 100, 2) for k, v in asdict(csc_scores([p.source for p in pairs], [p.target for p in pairs], hyps)).items()}
+    scores["sentences_per_s"] = round(len(pairs) / seconds, 1)
+    scores["threshold"] = corrector.threshold
+    return scores
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--soft", default=str(ROOT / "data/models/bertkit-zh-csc"))
+    parser.add_argument("--plain", default=str(ROOT / "runs/csc-plain"))
+    parser.add_argument("--test", default=str(SHARED / "sighan15_test.tsv"))
+    parser.add_argument("--threshold", type=float, default=None, help="default: each model's own")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train", action="store_true", help="retrain both correctors first (runs/csc-soft, runs/csc-plain)")
+    args = parser.parse_args()
+    if args.train:
+        args.soft, args.plain = train_both()
+    torch.set_num_threads(args.threads)
+    pairs = read_pairs(args.test)
+    result = {}
+    for name, model in (("soft_masked", args.soft), ("plain_bert", args.plain)):
+        result[name] = score(model, pairs, args.threshold)
+        print(f"{name} ({model}): {result[name]}", file=sys.stderr)
+    result["test"] = Path(args.test).name
+    result["threads"] = args.threads
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
