@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import BertkitError
+from .modelio import shared_data
 from .progress import log
 
-SHARED_CONFUSION = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "csc" / "confusion"
+SHARED_CONFUSION = shared_data() / "csc" / "confusion"
 
 _FUZZY_INITIALS = (("zh", "z"), ("ch", "c"), ("sh", "s"), ("n", "l"))
 _FUZZY_FINALS = (("ang", "an"), ("eng", "en"), ("ing", "in"))

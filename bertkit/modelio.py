@@ -30,6 +30,12 @@ DEFAULT_MODEL = "bertkit-zh-mini"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def shared_data() -> Path:
+    """The shared data sets (vocabulary, confusion sets): $BERTKIT_SHARED_DATA, else ../shared/data
+    beside the checkout, where this project's machines keep them."""
+    return Path(os.environ.get("BERTKIT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
 def models_root() -> Path:
     """Where shipped models live: $BERTKIT_MODELS, else the checkout's ``data/models``."""
     return Path(os.environ.get("BERTKIT_MODELS", REPO_ROOT / "data" / "models"))

@@ -40,7 +40,6 @@ from .recompute import RecomputeOptions, setup_recompute
 from .textio import read_texts
 from .trainer import TrainConfig, Trainer
 
-SHARED_VOCAB = modelio.REPO_ROOT.parent / "shared" / "data" / "vocab" / "bert-base-chinese-vocab.txt"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 jieba.setLogLevel(60)  # jieba logs its dictionary loading on stderr at INFO
@@ -149,12 +148,19 @@ def prune_vocab(sequences: list[Sequence_], tokenizer, min_count: int = 1):
     for s in sequences:
         s.ids = [new_id.get(i, unk) for i in s.ids]
     new_vocab = {inverse[old]: new for new, old in enumerate(keep)}
-    return make_tokenizer(new_vocab), keep
+    return make_tokenizer(new_vocab, like=tokenizer), keep
 
 
-def make_tokenizer(vocab) -> BertTokenizer:
-    """A bert-base-chinese style tokenizer (lower-case, CJK characters split) over ``vocab``."""
-    return BertTokenizer(vocab=vocab, do_lower_case=True, tokenize_chinese_chars=True)
+TOKENIZER_OPTIONS = ("do_lower_case", "strip_accents", "tokenize_chinese_chars")
+
+
+def make_tokenizer(vocab, like=None) -> BertTokenizer:
+    """A WordPiece tokenizer over ``vocab``: bert-base-chinese's settings (lower-case, CJK characters
+    split), or those of the tokenizer ``like`` when a pruned vocabulary replaces its own."""
+    options = {"do_lower_case": True, "tokenize_chinese_chars": True}
+    if like is not None:
+        options.update({k: like.init_kwargs[k] for k in TOKENIZER_OPTIONS if k in like.init_kwargs})
+    return BertTokenizer(vocab=vocab, **options)
 
 
 def shrink_embeddings(mlm: BertForMaskedLM, keep: list[int]) -> None:
@@ -318,9 +324,9 @@ def run_pretraining(
         tokenizer = modelio.load_tokenizer(path)
         mlm = modelio.load_model(path, BertForMaskedLM, dtype=torch.float32)
     else:
-        vocab_path = Path(vocab) if vocab else SHARED_VOCAB
+        vocab_path = Path(vocab) if vocab else modelio.shared_data() / "vocab" / "bert-base-chinese-vocab.txt"
         if not vocab_path.exists():
-            raise BertkitError(f"vocabulary {vocab_path} not found; pass --vocab")
+            raise BertkitError(f"vocabulary {vocab_path} not found; pass --vocab or set BERTKIT_SHARED_DATA")
         tokenizer = make_tokenizer(str(vocab_path))
         mlm = None
     missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]

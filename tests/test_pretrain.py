@@ -79,6 +79,16 @@ def test_prune_vocab_and_shrink_embeddings(tokenizer):
     assert mlm(torch.tensor([seqs[0].ids])).logits.shape[-1] == 9
 
 
+def test_pruned_tokenizer_keeps_the_original_settings():
+    from transformers import BertTokenizer
+
+    cased = BertTokenizer(vocab=tiny_vocab() | {"A": len(tiny_vocab())}, do_lower_case=False)
+    seqs = [Sequence_(*segment_line("A我爱", cased))]
+    new_tok, _ = prune_vocab(seqs, cased)
+    assert new_tok.init_kwargs["do_lower_case"] is False
+    assert new_tok.tokenize("A我") == ["A", "我"]
+
+
 def test_pretrain_cli_end_to_end(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("我爱北京天安门。\n球队比赛冠军进球。\n股票基金银行利率市场。\n" * 30, encoding="utf-8")
