@@ -157,8 +157,7 @@ def train(
     max_memory: MaxMemory = None,
     find_batch_size: FindBatch = False,
 ):
-    """Fine-tune a sequence classifier (single texts or pairs) or, with --task correct, a spelling
-    corrector. Runs under torchrun for DDP."""
+    """Fine-tune a sequence classifier, or with --task correct a spelling corrector. Runs under torchrun for DDP."""
     import torch
 
     _threads(threads)
@@ -288,6 +287,7 @@ def correct(
     eval_pairs: Annotated[Optional[str], typer.Option("--eval", help="Score on source<TAB>target pairs: SIGHAN sentence-level detection/correction P/R/F1, FPR and character-level scores, as one JSON line.")] = None,
     max_length: Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer lines are corrected in overlapping windows, never cut.")] = 128,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 64,
+    compute: Annotated[str, typer.Option(help="float32, bfloat16 (autocast) or auto (bfloat16 where the CPU/GPU has native bf16 matmuls).")] = "float32",
     threads: Threads = None,
 ):
     """Chinese spelling correction: one corrected line per input line; only Chinese characters change."""
@@ -301,7 +301,7 @@ def correct(
     _threads(threads)
     if (input_file is None) == (eval_pairs is None):
         raise BertkitError("give exactly one of INPUT (correct) or --eval PAIRS (score)")
-    corrector = Corrector.load(model, threshold=threshold, batch_size=batch_size, max_length=max_length)
+    corrector = Corrector.load(model, threshold=threshold, batch_size=batch_size, max_length=max_length, compute=compute)
     if eval_pairs:
         pairs = read_pairs(eval_pairs)
         hyps = [text for text, _ in corrector.correct(p.source for p in pairs)]

@@ -227,8 +227,9 @@ class Corrector:
     """A loaded corrector: corrects lines in input order, any length."""
 
     def __init__(self, model: SoftMaskedBert, tokenizer, threshold: float | None = None, batch_size: int = 64,
-                 max_length: int | None = None):
+                 max_length: int | None = None, compute: str = "float32"):
         self.model = model.eval()
+        self.autocast = modelio.use_bf16(compute)
         self.chars = CharVocab(tokenizer)
         self.threshold = model.threshold if threshold is None else threshold
         self.batch_size = batch_size
@@ -263,12 +264,14 @@ class Corrector:
     def _predict(self, texts, wins: list[_Window], changes: list[list[Change]]) -> None:
         ids = [[self.chars.id(texts[w.line][p]) for p in w.chars] for w in wins]
         batch = pad_ids(ids, self.chars)
-        with torch.inference_mode():
-            out = self.model(batch["input_ids"], batch["attention_mask"])
-        probs = out["logits"].float().softmax(-1)[:, 1:-1]
-        probs = probs.masked_fill(~self._chinese, 0.0)  # only ever write a Chinese character
-        best_p, best = probs.max(-1)
-        detect = out.get("detect_prob")
+        device = next(self.model.parameters()).device
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = self.model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        logits = out["logits"][:, 1:-1].float().cpu()
+        # only ever write a Chinese character: the best of those, with its share of all the mass
+        best_logit, best = logits.masked_fill(~self._chinese, float("-inf")).max(-1)
+        best_p = (best_logit - logits.logsumexp(-1)).exp()
+        detect = out["detect_prob"].float().cpu() if "detect_prob" in out else None
         for b, w in enumerate(wins):
             text = texts[w.line]
             for k in range(w.keep_from, w.keep_to):

