@@ -285,6 +285,8 @@ def correct(
     details: Annotated[bool, typer.Option("--details", help="JSON lines: the corrected text and each change (position, original, correction, probability, detection).")] = False,
     threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Change a character only when the model gives its correction at least this probability: higher = fewer, surer changes (default: the model's, tuned on dev when it was trained).")] = None,
     eval_pairs: Annotated[Optional[str], typer.Option("--eval", help="Score on source<TAB>target pairs: SIGHAN sentence-level detection/correction P/R/F1, FPR and character-level scores, as one JSON line.")] = None,
+    tune: Annotated[bool, typer.Option("--tune", help="With --eval DEV: pick the threshold with the best correction F1 on DEV and save it in the model as its default.")] = False,
+    candidates: Annotated[str, typer.Option(help="confusion: replace a character only by one of its confusion set (same/similar pinyin or shape); all: by any Chinese character (the paper's decoding).")] = "confusion",
     max_length: Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer lines are corrected in overlapping windows, never cut.")] = 128,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 64,
     compute: Annotated[str, typer.Option(help="float32, bfloat16 (autocast) or auto (bfloat16 where the CPU/GPU has native bf16 matmuls).")] = "float32",
@@ -294,19 +296,28 @@ def correct(
     import json
     from dataclasses import asdict
 
-    from .correct import Corrector, change_record, read_pairs
+    from . import modelio
+    from .correct import DEFAULT_CORRECTOR, Corrector, change_record, read_pairs, save_threshold, tune_threshold
     from .metrics import csc_scores
     from .textio import output_stream, read_texts
 
     _threads(threads)
     if (input_file is None) == (eval_pairs is None):
         raise BertkitError("give exactly one of INPUT (correct) or --eval PAIRS (score)")
-    corrector = Corrector.load(model, threshold=threshold, batch_size=batch_size, max_length=max_length, compute=compute)
+    if tune and (not eval_pairs or threshold is not None):
+        raise BertkitError("--tune needs --eval DEV.tsv and no --threshold")
+    corrector = Corrector.load(model, threshold=threshold, batch_size=batch_size, max_length=max_length,
+                               compute=compute, candidates=candidates)
     if eval_pairs:
         pairs = read_pairs(eval_pairs)
-        hyps = [text for text, _ in corrector.correct(p.source for p in pairs)]
-        scores = csc_scores([p.source for p in pairs], [p.target for p in pairs], hyps)
-        print(json.dumps({k: round(v, 4) for k, v in asdict(scores).items()} | {"n": len(pairs)}))
+        sources, targets = [p.source for p in pairs], [p.target for p in pairs]
+        if tune:
+            corrector.threshold, scores = tune_threshold(corrector, sources, targets)
+            save_threshold(modelio.resolve_model(model, default=DEFAULT_CORRECTOR), corrector.threshold)
+        else:
+            scores = csc_scores(sources, targets, [text for text, _ in corrector.correct(sources)])
+        print(json.dumps({k: round(v, 4) for k, v in asdict(scores).items()}
+                         | {"n": len(pairs), "threshold": corrector.threshold, "candidates": candidates}))
         return
     with output_stream(output) as out:
         for text, changes in corrector.correct(read_texts(input_file)):

@@ -53,6 +53,8 @@ from .textio import map_in_order, read_lines
 from .trainer import TrainConfig, Trainer
 
 CORRECTOR_CONFIG = "corrector.json"
+CONFUSION_FILE = "confusion.tsv"  # char<TAB>candidates: what decoding may replace each character with
+CANDIDATES = ("confusion", "all")
 DETECTOR_WEIGHTS = "detector.safetensors"
 DEFAULT_CORRECTOR = "bertkit-zh-csc"
 KINDS = ("soft-masked", "plain")
@@ -158,6 +160,14 @@ class SoftMaskedBert(nn.Module):
         return model
 
 
+def save_threshold(path: str, threshold: float) -> None:
+    """Make ``threshold`` the model's default operating point (in its corrector.json)."""
+    meta_path = Path(path) / CORRECTOR_CONFIG
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["threshold"] = threshold
+    _write_atomic(meta_path, json.dumps(meta, indent=2).encode())
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
@@ -223,11 +233,56 @@ def windows(n: int, size: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
+class CandidateTable:
+    """For each vocabulary id, the ids decoding may choose from: itself plus its confusion set."""
+
+    def __init__(self, chars: CharVocab, confusion: dict[str, str]):
+        rows = []
+        for i in range(len(chars.vocab)):
+            ch = chars.chinese_ids.get(i)
+            cands = [chars.vocab[c] for c in confusion.get(ch, "") if c in chars.vocab and c != ch] if ch else []
+            rows.append([i, *dict.fromkeys(cands)])
+        width = max(map(len, rows))
+        self.ids = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    @staticmethod
+    def from_sets(sets: ConfusionSets) -> dict[str, str]:
+        chars = set(sets.homophone) | set(sets.similar_sound) | set(sets.visual)
+        return {c: "".join(dict.fromkeys(sets.homophone.get(c, []) + sets.similar_sound.get(c, []) + sets.visual.get(c, [])))
+                for c in sorted(chars)}
+
+
+def write_confusion(directory: Path, confusion: dict[str, str]) -> None:
+    _write_atomic(Path(directory) / CONFUSION_FILE, "".join(f"{c}\t{cands}\n" for c, cands in confusion.items()).encode())
+
+
+def read_confusion(path: Path, tokenizer) -> dict[str, str]:
+    """The model's saved confusion sets, else ones built now from pypinyin and the shared sets."""
+    file = Path(path) / CONFUSION_FILE
+    if file.exists():
+        rows = (line.split("\t") for line in file.read_text(encoding="utf-8").splitlines() if line)
+        return {r[0]: r[1] for r in rows if len(r) == 2}
+    log(f"{path} has no {CONFUSION_FILE}: building confusion sets from pypinyin and {SHARED_CONFUSION}")
+    return CandidateTable.from_sets(ConfusionSets.build(tokenizer.get_vocab(), SHARED_CONFUSION))
+
+
 class Corrector:
-    """A loaded corrector: corrects lines in input order, any length."""
+    """A loaded corrector: corrects lines in input order, any length.
+
+    ``candidates="confusion"`` (the default) lets a character be replaced only by a member of its
+    confusion set (same or similar pinyin, similar shape), as confusion-set-guided correctors do
+    (e.g. Wang et al. 2019, "Confusionset-guided Pointer Networks"); the paper's decoding,
+    ``"all"``, takes the best Chinese character of the whole vocabulary.  With a small BERT the
+    constraint removes most wrong corrections (see the README's figures).
+    """
 
     def __init__(self, model: SoftMaskedBert, tokenizer, threshold: float | None = None, batch_size: int = 64,
-                 max_length: int | None = None, compute: str = "float32"):
+                 max_length: int | None = None, compute: str = "float32", candidates: str = "all",
+                 confusion: dict[str, str] | None = None):
+        if candidates not in CANDIDATES:
+            raise BertkitError(f"--candidates must be one of {', '.join(CANDIDATES)}, not {candidates!r}")
+        if candidates == "confusion" and confusion is None:
+            raise BertkitError("confusion-set decoding needs the confusion sets")
         self.model = model.eval()
         self.autocast = modelio.use_bf16(compute)
         self.chars = CharVocab(tokenizer)
@@ -239,11 +294,14 @@ class Corrector:
             raise BertkitError("--max-length is too small for spelling correction")
         self._chinese = torch.zeros(model.mlm.config.vocab_size, dtype=torch.bool)
         self._chinese[list(self.chars.chinese_ids)] = True
+        self.table = CandidateTable(self.chars, confusion) if candidates == "confusion" else None
 
     @classmethod
-    def load(cls, model: str | None, **kwargs) -> "Corrector":
+    def load(cls, model: str | None, candidates: str = "confusion", **kwargs) -> "Corrector":
         path = modelio.resolve_model(model, default=DEFAULT_CORRECTOR)
-        return cls(SoftMaskedBert.load(path), modelio.load_tokenizer(path), **kwargs)
+        tokenizer = modelio.load_tokenizer(path)
+        confusion = read_confusion(Path(path), tokenizer) if candidates == "confusion" else None
+        return cls(SoftMaskedBert.load(path), tokenizer, candidates=candidates, confusion=confusion, **kwargs)
 
     def correct(self, texts: Iterable[str]) -> Iterator[tuple[str, list[Change]]]:
         yield from map_in_order(texts, self._correct_batch, length=len, batch_size=self.batch_size)
@@ -268,9 +326,14 @@ class Corrector:
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = self.model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         logits = out["logits"][:, 1:-1].float().cpu()
-        # only ever write a Chinese character: the best of those, with its share of all the mass
-        best_logit, best = logits.masked_fill(~self._chinese, float("-inf")).max(-1)
-        best_p = (best_logit - logits.logsumexp(-1)).exp()
+        lse = logits.logsumexp(-1)
+        if self.table is None:  # only ever write a Chinese character: the best of those
+            best_logit, best = logits.masked_fill(~self._chinese, float("-inf")).max(-1)
+        else:  # the best of the character itself and its confusion set
+            cand = self.table.ids[batch["input_ids"][:, 1:-1]]
+            best_logit, k = logits.gather(-1, cand).max(-1)
+            best = cand.gather(-1, k.unsqueeze(-1)).squeeze(-1)
+        best_p = (best_logit - lse).exp()
         detect = out["detect_prob"].float().cpu() if "detect_prob" in out else None
         for b, w in enumerate(wins):
             text = texts[w.line]
@@ -371,11 +434,13 @@ class CorrectTask:
     """Spelling-correction training for the shared trainer; synthetic errors are drawn per batch."""
 
     def __init__(self, model: SoftMaskedBert, tokenizer, train: Sequence[Pair], dev: Sequence[Pair],
-                 corruptor: Corruptor, max_chars: int, save_dtype: torch.dtype | None = None):
+                 corruptor: Corruptor, max_chars: int, save_dtype: torch.dtype | None = None,
+                 confusion: dict[str, str] | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.chars = CharVocab(tokenizer)
         self.corruptor, self.dev, self.save_dtype = corruptor, list(dev), save_dtype
         self.max_length = max_chars + 2
+        self.confusion = confusion or {}  # saved with the model, for confusion-set decoding
         self.examples = [piece for pair in train for piece in _chunks(pair, max_chars)]
 
     def length(self, pair: Pair) -> int:
@@ -401,18 +466,32 @@ class CorrectTask:
         if not self.dev:
             return {}
         sources, targets = [p.source for p in self.dev], [p.target for p in self.dev]
-        found = [changes for _, changes in Corrector(model, self.tokenizer, threshold=0.0, max_length=self.max_length).correct(sources)]
-        best = None
-        for t in THRESHOLD_GRID:
-            hyps = [apply_changes(src, [c for c in changes if c.probability >= t]) for src, changes in zip(sources, found)]
-            scores = csc_scores(sources, targets, hyps)
-            if best is None or scores.cor_f1 >= best[1].cor_f1:  # ties: the surer, higher threshold
-                best = (t, scores)
-        model.threshold, scores = best
+        # model selection uses the paper's open-vocabulary decoding; `bertkit correct --eval DEV
+        # --tune` re-tunes the threshold for whichever decoding the user runs
+        corrector = Corrector(model, self.tokenizer, max_length=self.max_length, candidates="all")
+        model.threshold, scores = tune_threshold(corrector, sources, targets)
         return {"cor_f1": scores.cor_f1, "det_f1": scores.det_f1, "fpr": scores.fpr, "threshold": model.threshold}
 
     def save(self, model: SoftMaskedBert, directory: Path) -> None:
         model.save(directory, self.tokenizer, dtype=self.save_dtype)
+        write_confusion(directory, self.confusion)
+
+
+def tune_threshold(corrector: "Corrector", sources: Sequence[str], targets: Sequence[str]):
+    """(threshold, scores): the grid threshold with the best sentence-level correction F1 on these
+    pairs; one pass of the model, then every threshold filters the same proposed changes."""
+    saved, corrector.threshold = corrector.threshold, 0.0
+    try:
+        found = [changes for _, changes in corrector.correct(sources)]
+    finally:
+        corrector.threshold = saved
+    best = None
+    for t in THRESHOLD_GRID:
+        hyps = [apply_changes(src, [c for c in changes if c.probability >= t]) for src, changes in zip(sources, found)]
+        scores = csc_scores(sources, targets, hyps)
+        if best is None or scores.cor_f1 >= best[1].cor_f1:  # ties: the surer, higher threshold
+            best = (t, scores)
+    return best
 
 
 def _chunks(pair: Pair, max_chars: int) -> list[Pair]:
@@ -453,7 +532,8 @@ def run_correct_training(train_path: str | None, synthetic: Sequence[str], dev_p
     confusion = ConfusionSets.build(tokenizer.get_vocab(), Path(corruption.confusion_dir or SHARED_CONFUSION))
     corruptor = Corruptor(confusion, list(tokenizer.get_vocab()), rate=corruption.rate, phonetic=corruption.phonetic,
                           visual=corruption.visual, random_share=corruption.random_share)
-    task = CorrectTask(net, tokenizer, train, dev, corruptor, max_chars, save_dtype=save_dtype)
+    task = CorrectTask(net, tokenizer, train, dev, corruptor, max_chars, save_dtype=save_dtype,
+                       confusion=CandidateTable.from_sets(confusion))
     n_synth = sum(p.source is None for p in train)
     log(f"{kind} corrector: {len(train) - n_synth} sentence pairs, {n_synth} synthetic sentences, {len(dev)} dev pairs")
     if dev:

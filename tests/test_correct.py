@@ -134,6 +134,18 @@ def test_corrector_only_changes_chinese_and_keeps_alignment(soft):
     assert out[4][0] == "球" * 10_000  # a 10,000-character line, corrected in windows, nothing lost
 
 
+def test_confusion_decoding_picks_only_from_the_confusion_set(soft):
+    model, tok = soft
+    with torch.no_grad():
+        model.mlm.cls.predictions.bias[tok.convert_tokens_to_ids("球")] += 100.0
+        model.mlm.cls.predictions.bias[tok.convert_tokens_to_ids("京")] += 50.0
+    corrector = Corrector(model, tok, threshold=0.0, candidates="confusion", confusion={"门": "京天", "北": "你"})
+    text, changes = next(corrector.correct(["我爱北门"]))
+    # 球 wins over the whole vocabulary but is in no confusion set; 门 -> 京 is; 北's set lacks both
+    assert text == "我爱北京" and [(c.position, c.correction) for c in changes] == [(3, "京")]
+    assert next(Corrector(model, tok, threshold=0.0).correct(["我爱北门"]))[0] == "球球球球"
+
+
 def test_threshold_trades_changes_for_precision(soft):
     model, tok = soft
     lines = ["我爱北京天安门"]
@@ -181,8 +193,13 @@ def test_cli_train_correct_and_eval(tiny_model, tmp_path):
             "-o", str(out), "--max-steps", "3", "--batch-size", "8", "--max-length", "32", check=True)
     meta = json.loads((out / "corrector.json").read_text())
     assert meta["kind"] == "soft-masked" and 0.2 <= meta["threshold"] <= 0.95  # tuned on dev
+    assert (out / "confusion.tsv").exists()
     scores = json.loads(run_cli("correct", "--eval", str(pairs), "-m", str(out), check=True).stdout)
     assert {"det_f1", "cor_f1", "fpr", "char_cor_f1"} <= set(scores) and scores["n"] == 16
+    assert scores["candidates"] == "confusion"
+    (out / "corrector.json").write_text(json.dumps(meta | {"threshold": 0.77}))
+    tuned = json.loads(run_cli("correct", "--eval", str(pairs), "-m", str(out), "--tune", check=True).stdout)
+    assert json.loads((out / "corrector.json").read_text())["threshold"] == tuned["threshold"] != 0.77
     text = "我爱北经\n\nhello\n".encode()
     plain = run_cli("correct", "-", "-m", str(out), input=text, check=True).stdout.decode().split("\n")
     assert len(plain) == 4 and plain[1:] == ["", "hello", ""]
@@ -198,4 +215,26 @@ def test_cli_correct_bad_input(soft, tiny_model, tmp_path):
     utf = tmp_path / "bad.txt"
     utf.write_bytes("我爱北京\n".encode() + b"\xff\xfe\n")
     proc = run_cli("correct", str(utf), "-m", str(tmp_path / "csc"))
-    assert proc.returncode == 1 and b"invalid UTF-8" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+    assert [l for l in proc.stderr.splitlines() if l.startswith(b"error:")] == [proc.stderr.strip().splitlines()[-1]]
+    assert b"invalid UTF-8" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_shipped_corrector_end_to_end(tmp_path):
+    """`bertkit correct` with the shipped default model: messy input stays line-aligned and only
+    Chinese characters may change; the README's typos get corrections."""
+    from conftest import ROOT
+
+    typos = (ROOT / "examples" / "typos.txt").read_text(encoding="utf-8").splitlines()
+    messy = ["", "no Chinese here 123", "混合 Latin 123 和 emoji 😀🎉 文本", "全角标点：“你好”，（测试）！？",
+             "长" * 4000 + "abc" + "句子" * 3000, "\t  空白  \t"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(typos + messy) + "\n", encoding="utf-8")
+    proc = run_cli("correct", str(src), check=True, timeout=600)
+    out = proc.stdout.decode("utf-8").split("\n")
+    assert out[-1] == "" and len(out) - 1 == len(typos) + len(messy)
+    for before, after in zip(typos + messy, out):
+        assert len(before) == len(after)
+        assert all(a == b or (is_chinese(a) and is_chinese(b)) for a, b in zip(before, after))
+    assert out[len(typos) + 1] == messy[1] and out[len(typos)] == ""
+    assert sum(a != b for a, b in zip(typos, out)) >= 3
