@@ -59,7 +59,7 @@ DETECTOR_WEIGHTS = "detector.safetensors"
 DEFAULT_CORRECTOR = "bertkit-zh-csc"
 KINDS = ("soft-masked", "plain")
 DEFAULT_THRESHOLD = 0.5
-THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(4, 20)]  # 0.2 .. 0.95
+THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(1, 20)]  # 0.05 .. 0.95
 
 
 class SoftMaskedBert(nn.Module):
