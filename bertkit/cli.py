@@ -48,6 +48,7 @@ Recompute = Annotated[str, typer.Option(help="Activation recomputation: none, fu
 EveryK = Annotated[Optional[int], typer.Option(help="Layers per segment for --recompute every-k (default: ceil(sqrt(layers))).")]
 MaxMemory = Annotated[Optional[str], typer.Option(help="Activation memory budget for --recompute auto and --find-batch-size, e.g. 900M or 8G.")]
 FindBatch = Annotated[bool, typer.Option("--find-batch-size", help="Use the largest batch whose activations fit --max-memory (with the chosen policy).")]
+Compute = Annotated[str, typer.Option(help="Encoder arithmetic: float32, bfloat16 (autocast), or auto (bfloat16 where the hardware has native bf16 matmuls, e.g. AVX512-BF16/AMX CPUs: ~1.5x faster).")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory (default: the shipped bertkit-zh-mini).")]
 
 
@@ -246,7 +247,7 @@ def embed(
     precision: Annotated[str, typer.Option(help="float32, float16, int8 (needs --normalize) or binary (sign bits, packed).")] = "float32",
     max_length: Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer texts are split into windows and pooled together, never cut.")] = 512,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass (sorted by length within a window of 4096).")] = 64,
-    compute: Annotated[str, typer.Option(help="Encoder arithmetic: float32, bfloat16 (autocast), or auto (bfloat16 where the hardware has native bf16 matmuls, e.g. AVX512-BF16/AMX CPUs: ~1.5x faster, cosine to float32 >= 0.9999).")] = "float32",
+    compute: Compute = "float32",
     threads: Threads = None,
 ):
     """Sentence embeddings: one vector per input line, in input order; fit whitening; evaluate on STS."""
@@ -289,7 +290,7 @@ def correct(
     candidates: Annotated[str, typer.Option(help="confusion: replace a character only by one of its confusion set (same/similar pinyin or shape); all: by any Chinese character (the paper's decoding).")] = "confusion",
     max_length: Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer lines are corrected in overlapping windows, never cut.")] = 128,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 64,
-    compute: Annotated[str, typer.Option(help="float32, bfloat16 (autocast) or auto (bfloat16 where the CPU/GPU has native bf16 matmuls).")] = "float32",
+    compute: Compute = "float32",
     threads: Threads = None,
 ):
     """Chinese spelling correction: one corrected line per input line; only Chinese characters change."""

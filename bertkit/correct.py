@@ -21,6 +21,12 @@ Where we deviate, and why:
   characters fit a context matters more than with BERT-base.
 - ``kind="plain"`` is the paper's BERT baseline: the same BERT fine-tuned to predict the correct
   character at every position, with no detector, soft mask or residual.
+- Decoding defaults to the character's confusion set (``candidates="confusion"``, see
+  ``Corrector``); the paper's open-vocabulary decoding is ``candidates="all"``.  A change is made
+  only when its probability reaches a threshold, tuned on dev (``tune_threshold``) and stored
+  with the model; the paper takes the argmax.
+- Synthetic errors are drawn afresh each epoch, and the synthetic data and the SIGHAN pairs are
+  mixed in one run instead of the paper's pretrain-then-fine-tune (section 4.1).
 
 Characters are the unit: every non-space character of a line is one token (looked up in the
 vocabulary, else [UNK]), so positions map one to one, and only Chinese characters are ever
