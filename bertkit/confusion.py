@@ -72,6 +72,12 @@ class ConfusionSets:
             log(f"warning: no confusion sets in {confusion_dir}; phonetic confusion from pypinyin only, none visual")
         return cls(_restrict(same, chars), _restrict(similar, chars), _restrict(visual, chars))
 
+    def merged(self) -> dict[str, str]:
+        """Each character's candidates of every kind, homophones first, as one string."""
+        chars = sorted(set(self.homophone) | set(self.similar_sound) | set(self.visual))
+        return {c: "".join(dict.fromkeys(self.homophone.get(c, []) + self.similar_sound.get(c, []) + self.visual.get(c, [])))
+                for c in chars}
+
 
 def _add_pinyin_groups(chars: set[str], same: dict[str, set[str]], similar: dict[str, set[str]]) -> None:
     from pypinyin import Style, pinyin

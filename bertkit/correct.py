@@ -56,7 +56,7 @@ from .metrics import csc_scores
 from .progress import log
 from .recompute import RecomputeOptions, setup_recompute
 from .textio import map_in_order, read_lines
-from .trainer import TrainConfig, Trainer
+from .trainer import TrainConfig, Trainer, write_json_atomic, write_text_atomic
 
 CORRECTOR_CONFIG = "corrector.json"
 CONFUSION_FILE = "confusion.tsv"  # char<TAB>candidates: what decoding may replace each character with
@@ -130,7 +130,7 @@ class SoftMaskedBert(nn.Module):
         meta = {"kind": self.kind, "gru_hidden": self.gru_hidden, "lambda": self.lam, "mask_id": self.mask_id,
                 "threshold": self.threshold,
                 "paper": "Soft-Masked BERT, Zhang et al., ACL 2020"}
-        _write_atomic(directory / CORRECTOR_CONFIG, json.dumps(meta, indent=2).encode())
+        write_json_atomic(directory / CORRECTOR_CONFIG, meta)
         if self.kind == "soft-masked":
             weights = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()
                        if k.startswith("detector")}
@@ -171,13 +171,7 @@ def save_threshold(path: str, threshold: float) -> None:
     meta_path = Path(path) / CORRECTOR_CONFIG
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     meta["threshold"] = threshold
-    _write_atomic(meta_path, json.dumps(meta, indent=2).encode())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_json_atomic(meta_path, meta)
 
 
 # ---------------------------------------------------------------- characters <-> ids
@@ -187,7 +181,6 @@ class CharVocab:
     """One id per character; spaces are not fed to the model but keep their place in the line."""
 
     def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
         self.vocab = tokenizer.get_vocab()
         self.unk = tokenizer.unk_token_id
         self.cls, self.sep, self.pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
@@ -251,15 +244,9 @@ class CandidateTable:
         width = max(map(len, rows))
         self.ids = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], dtype=torch.long)
 
-    @staticmethod
-    def from_sets(sets: ConfusionSets) -> dict[str, str]:
-        chars = set(sets.homophone) | set(sets.similar_sound) | set(sets.visual)
-        return {c: "".join(dict.fromkeys(sets.homophone.get(c, []) + sets.similar_sound.get(c, []) + sets.visual.get(c, [])))
-                for c in sorted(chars)}
-
 
 def write_confusion(directory: Path, confusion: dict[str, str]) -> None:
-    _write_atomic(Path(directory) / CONFUSION_FILE, "".join(f"{c}\t{cands}\n" for c, cands in confusion.items()).encode())
+    write_text_atomic(Path(directory) / CONFUSION_FILE, "".join(f"{c}\t{cands}\n" for c, cands in confusion.items()))
 
 
 def read_confusion(path: Path, tokenizer) -> dict[str, str]:
@@ -269,7 +256,7 @@ def read_confusion(path: Path, tokenizer) -> dict[str, str]:
         rows = (line.split("\t") for line in file.read_text(encoding="utf-8").splitlines() if line)
         return {r[0]: r[1] for r in rows if len(r) == 2}
     log(f"{path} has no {CONFUSION_FILE}: building confusion sets from pypinyin and {SHARED_CONFUSION}")
-    return CandidateTable.from_sets(ConfusionSets.build(tokenizer.get_vocab(), SHARED_CONFUSION))
+    return ConfusionSets.build(tokenizer.get_vocab(), SHARED_CONFUSION).merged()
 
 
 class Corrector:
@@ -539,7 +526,7 @@ def run_correct_training(train_path: str | None, synthetic: Sequence[str], dev_p
     corruptor = Corruptor(confusion, list(tokenizer.get_vocab()), rate=corruption.rate, phonetic=corruption.phonetic,
                           visual=corruption.visual, random_share=corruption.random_share)
     task = CorrectTask(net, tokenizer, train, dev, corruptor, max_chars, save_dtype=save_dtype,
-                       confusion=CandidateTable.from_sets(confusion))
+                       confusion=confusion.merged())
     n_synth = sum(p.source is None for p in train)
     log(f"{kind} corrector: {len(train) - n_synth} sentence pairs, {n_synth} synthetic sentences, {len(dev)} dev pairs")
     if dev:

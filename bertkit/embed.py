@@ -197,8 +197,6 @@ class FlowTransform:
 # ---------------------------------------------------------------- the embedder
 
 
-
-
 class Embedder:
     """A BERT encoder with a pooling (and optional whitening), embedding texts in input order.
 
