@@ -33,6 +33,7 @@ def _root() -> None:
 # Options shared by every training command (one definition, one meaning).
 Epochs = Annotated[float, typer.Option(min=0.01, help="Passes over the training data.")]
 MaxSteps = Annotated[Optional[int], typer.Option(min=1, help="Stop after this many optimizer steps (overrides --epochs).")]
+MaxMinutes = Annotated[Optional[float], typer.Option(min=0.01, help="Stop this run after N minutes of training, at a step boundary, evaluating and checkpointing there (--resume goes on).")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Examples per micro-batch and process.")]
 GradAccum = Annotated[int, typer.Option(min=1, help="Micro-batches accumulated per optimizer step.")]
 LearningRate = Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warmup then linear decay).")]
@@ -87,6 +88,7 @@ def pretrain(
     dev_fraction: Annotated[float, typer.Option(help="Share of sequences held out to measure masked-token accuracy.")] = 0.005,
     epochs: Epochs = 1.0,
     max_steps: MaxSteps = None,
+    max_minutes: MaxMinutes = None,
     batch_size: BatchSize = 64,
     grad_accum: GradAccum = 1,
     lr: LearningRate = 5e-4,
@@ -112,7 +114,7 @@ def pretrain(
     if mlm_head not in ("masked", "all"):
         raise BertkitError(f"--mlm-head must be 'masked' or 'all', not {mlm_head!r}")
     cfg = _train_config(
-        output_dir, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+        output_dir, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         warmup_ratio=warmup, weight_decay=weight_decay, bf16=bf16, eval_every=eval_every, save_every=save_every,
         seed=seed, resume=resume, extra={"command": "pretrain", "corpus": corpus},
     )
@@ -142,6 +144,7 @@ def train(
     max_length: Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer texts are split into windows, never cut.")] = 128,
     epochs: Epochs = 3.0,
     max_steps: MaxSteps = None,
+    max_minutes: MaxMinutes = None,
     batch_size: BatchSize = 32,
     grad_accum: GradAccum = 1,
     lr: LearningRate = 5e-5,
@@ -167,7 +170,7 @@ def train(
     if task not in ("classify", "correct"):
         raise typer.BadParameter(f"--task must be classify or correct, not {task!r}")
     cfg = _train_config(
-        output_dir, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+        output_dir, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         warmup_ratio=warmup, weight_decay=weight_decay, bf16=bf16, eval_every=eval_every, save_every=save_every,
         seed=seed, resume=resume, extra={"command": "train", "task": task, "train": train_file, "dev": dev},
     )

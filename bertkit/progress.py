@@ -37,20 +37,25 @@ class _Bar:
             )
             self.task = self.progress.add_task("train", total=total, completed=done, loss="-", lr="-")
 
-    def advance(self, loss: float, lr: float) -> None:
+    def advance(self, loss, lr: float) -> None:
+        """One step done; ``loss`` may be a tensor on the GPU, read only when shown."""
         self.done += 1
         self.loss = loss if self.loss is None else 0.95 * self.loss + 0.05 * loss
         if not self.enabled:
             return
-        if self.live:
-            self.progress.update(self.task, advance=1, loss=f"{self.loss:.4f}", lr=f"{lr:.2e}")
-            return
         now = time.time()
+        if self.live:
+            fields = {}
+            if now - self.last_print > 0.5 or self.done == self.total:
+                self.last_print = now
+                fields = {"loss": f"{float(self.loss):.4f}", "lr": f"{lr:.2e}"}
+            self.progress.update(self.task, advance=1, **fields)
+            return
         if now - self.last_print > 10 or self.done == self.total:
             self.last_print = now
             rate = (self.done - self.start_step) / max(1e-9, now - self.start)
             eta = (self.total - self.done) / max(rate, 1e-9)
-            log(f"step {self.done}/{self.total} loss {self.loss:.4f} lr {lr:.2e} {rate:.2f} steps/s eta {eta / 60:.1f} min")
+            log(f"step {self.done}/{self.total} loss {float(self.loss):.4f} lr {lr:.2e} {rate:.2f} steps/s eta {eta / 60:.1f} min")
 
     def report(self, step: int, metrics: dict) -> None:
         if self.enabled and metrics:

@@ -54,6 +54,7 @@ class TrainConfig:
     resume: bool = False
     metric: str | None = None  # key of evaluate()'s result to pick the best model (higher wins)
     log_every: int = 20
+    max_minutes: float | None = None  # wall-clock budget of this run; stops early, resumable
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in trainer_state.json
 
 
@@ -258,7 +259,9 @@ class Trainer:
             out = model(**batch)
         return out if isinstance(out, torch.Tensor) else out["loss"]  # HF outputs are dicts too
 
-    def _step(self, model, optimizer, scheduler, step: int, order: list[int]) -> float:
+    def _step(self, model, optimizer, scheduler, step: int, order: list[int]) -> torch.Tensor:
+        # the loss stays on the device: reading it would make the host wait for the GPU, which
+        # could otherwise run this step while the host builds the next batch
         model.train()
         total = 0.0
         batches = list(self._micro_batches(step, order))
@@ -269,7 +272,7 @@ class Trainer:
             with contextlib.nullcontext() if sync else model.no_sync():
                 loss = self._forward_loss(model, batch) / len(batches)
                 loss.backward()
-            total += float(loss.detach())
+            total = total + loss.detach()
         if self.cfg.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
         optimizer.step()
@@ -331,10 +334,10 @@ class Trainer:
                 running.append(loss)
                 state["step"] = step + 1
                 bar.advance(loss, scheduler.get_last_lr()[0])
-                done = state["step"] == self.total_steps
+                done = state["step"] == self.total_steps or self._out_of_time(start, model)
                 if state["step"] % eval_every == 0 or done:
                     metrics = self._evaluate(model)
-                    metrics["train_loss"] = sum(running) / len(running)
+                    metrics["train_loss"] = float(sum(running)) / len(running)
                     running = []
                     state["history"].append({"step": state["step"], **metrics})
                     bar.report(state["step"], metrics)
@@ -346,7 +349,21 @@ class Trainer:
                     if self.rank == 0:
                         _save_checkpoint(last, model, optimizer, scheduler, state, rng_states)
                 _barrier()
+                if done:
+                    break
+        if state["step"] < self.total_steps:
+            log(f"stopped at step {state['step']} of {self.total_steps}: --max-minutes reached; --resume continues", rank=self.rank)
         return self._finish(model, state, time.time() - start)
+
+    def _out_of_time(self, start: float, model) -> bool:
+        if not self.cfg.max_minutes:
+            return False
+        over = time.time() - start >= self.cfg.max_minutes * 60
+        if self.world_size == 1:
+            return over
+        flag = torch.tensor([float(over)], device=_device(model))
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # ranks' clocks differ: all stop at the same step
+        return bool(flag.item())
 
     def _save_model(self, model, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")

@@ -85,3 +85,23 @@ def test_train_under_torchrun_two_ranks_agree_with_recompute(tmp_path, tiny_mode
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best", "last"]
     assert not any(p.name.endswith((".tmp", ".old")) for p in out.rglob("*"))
     assert (out / "model.safetensors").exists()
+
+
+def test_max_minutes_stops_at_a_checkpoint_and_resume_finishes(tmp_path, tiny_model, news_data, monkeypatch):
+    from bertkit import trainer
+    from bertkit.classify import run_training
+
+    clock = iter(range(0, 10_000, 30))  # each look at the clock: 30 s later
+    monkeypatch.setattr(trainer.time, "time", lambda: next(clock))
+    train, dev = map(str, news_data)
+    out = tmp_path / "budget"
+    cfg = lambda **kw: trainer.TrainConfig(out, max_steps=12, save_every=5, eval_every=6, batch_size=8, seed=7, **kw)
+    run_training(train, dev, str(tiny_model), cfg(max_minutes=2.0))
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert 1 < state["step"] < 12  # stopped by the clock, not by max_steps
+    assert json.loads((out / "checkpoints" / "last" / "state.json").read_text())["step"] == state["step"]
+    assert state["history"][-1]["step"] == state["step"]  # evaluated where it stopped
+    assert (out / "model.safetensors").exists()
+
+    run_training(train, dev, str(tiny_model), cfg(resume=True))
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 12

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "data" / "csc"
 sys.path.insert(0, str(ROOT))
 
+from bertkit import modelio  # noqa: E402
 from bertkit.correct import Corrector, read_pairs  # noqa: E402
 from bertkit.metrics import csc_scores  # noqa: E402
 
@@ -62,7 +62,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--soft", default=str(ROOT / "data/models/bertkit-zh-csc"))
     parser.add_argument("--plain", default=str(ROOT / "runs/csc-plain"))
-    parser.add_argument("--test", default=str(SHARED / "sighan15_test.tsv"))
+    parser.add_argument("--test", default=str(modelio.shared_data() / "csc" / "sighan15_test.tsv"))
     parser.add_argument("--threshold", type=float, default=None, help="default: each model's own")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train", action="store_true", help="retrain both correctors first (runs/csc-soft, runs/csc-plain)")

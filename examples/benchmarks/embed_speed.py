@@ -19,15 +19,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
 
+from bertkit import modelio  # noqa: E402
 from bertkit.embed import Embedder, PoolingSpec  # noqa: E402
 
 
 def sentences(n: int) -> list[str]:
     out = []
-    for path, column in [(SHARED / "sts" / "en_stsb_train.tsv", (0, 1)), (SHARED / "corpus" / "wiki_zh_200.txt", (0,)),
-                         (SHARED / "cls" / "reviews_train.tsv", (1,)), (SHARED / "cls" / "thucnews_train.tsv", (1,))]:
+    shared = modelio.shared_data()
+    for path, column in [(shared / "sts" / "en_stsb_train.tsv", (0, 1)), (shared / "corpus" / "wiki_zh_200.txt", (0,)),
+                         (shared / "cls" / "reviews_train.tsv", (1,)), (shared / "cls" / "thucnews_train.tsv", (1,))]:
         for line in path.read_text(encoding="utf-8").splitlines()[1:]:
             cells = line.split("\t")
             out += [cells[c] for c in column if c < len(cells) and cells[c].strip()]

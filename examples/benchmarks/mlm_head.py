@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from bertkit import modelio  # noqa: E402
 from bertkit.pretrain import MaskedLMPretrainer, WholeWordMasker, collate_mlm, read_corpus  # noqa: E402
 
-CORPUS = ROOT.parent / "shared" / "data" / "corpus" / "peoples_daily_199801.pos.txt"
+CORPUS = modelio.shared_data() / "corpus" / "peoples_daily_199801.pos.txt"
 
 
 def main():

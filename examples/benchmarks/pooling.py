@@ -16,7 +16,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-STS = ROOT.parent / "shared" / "data" / "sts"
+sys.path.insert(0, str(ROOT))
+
+from bertkit import modelio  # noqa: E402
+
+STS = modelio.shared_data() / "sts"
 
 
 def minilm_dir() -> str:

@@ -18,7 +18,6 @@ import torch
 from transformers import AutoConfig, AutoModelForMaskedLM
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "data" / "cls"
 sys.path.insert(0, str(ROOT))
 
 from bertkit import modelio  # noqa: E402
@@ -48,7 +47,8 @@ def main():
     parser.add_argument("--seed", default="42")
     parser.add_argument("--threads", default="2")
     args = parser.parse_args()
-    train, dev = SHARED / "thucnews_train.tsv", SHARED / "thucnews_dev.tsv"
+    cls = modelio.shared_data() / "cls"
+    train, dev = cls / "thucnews_train.tsv", cls / "thucnews_dev.tsv"
     recipe = ["--epochs", args.epochs, "--lr", args.lr, "--batch-size", args.batch_size, "--seed", args.seed,
               "--threads", args.threads, "--max-length", "64"]
     results = {}
