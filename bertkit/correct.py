@@ -88,10 +88,12 @@ class SoftMaskedBert(nn.Module):
     def detect(self, embedded: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """p_i, the probability that character i is wrong (padding-aware: packed sequences)."""
         lengths = attention_mask.sum(1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.detector(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=embedded.shape[1])
-        return torch.sigmoid(self.detector_out(out).squeeze(-1))
+        # float32, outside autocast: cuDNN's GRU and the BCE on p need not take bfloat16
+        with torch.autocast(embedded.device.type, enabled=False):
+            packed = nn.utils.rnn.pack_padded_sequence(embedded.float(), lengths, batch_first=True, enforce_sorted=False)
+            out, _ = self.detector(packed)
+            out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=embedded.shape[1])
+            return torch.sigmoid(self.detector_out(out).squeeze(-1))
 
     def forward(self, input_ids, attention_mask, labels=None, detect_labels=None) -> dict[str, torch.Tensor]:
         bert = self.mlm.bert
@@ -119,7 +121,8 @@ class SoftMaskedBert(nn.Module):
         if prob is None:
             return correction
         keep = attention_mask.bool()
-        detection = F.binary_cross_entropy(prob.float()[keep], detect_labels.float()[keep])
+        with torch.autocast(prob.device.type, enabled=False):  # CUDA autocast refuses BCE on probabilities
+            detection = F.binary_cross_entropy(prob.float()[keep], detect_labels.float()[keep])
         return self.lam * correction + (1 - self.lam) * detection
 
     # ---- persistence: a transformers BertForMaskedLM directory plus the detector beside it

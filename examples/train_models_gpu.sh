@@ -21,11 +21,14 @@ CORRECT_MINUTES=${CORRECT_MINUTES:-2.2}
 BERTKIT=(python3 -m bertkit.cli)
 mkdir -p "$RUNS"
 
-smoke() {  # a few steps of each command on a slice of the data, so a broken setup fails in seconds
+# a few steps of each command on a slice of the data, so a broken setup fails in seconds
+smoke_pretrain() {
     head -n 2000 "$CORPUS" > "$RUNS/smoke_corpus.txt"
-    head -n 2000 "$CSC/synthetic.txt" > "$RUNS/smoke_synthetic.txt"
     "${BERTKIT[@]}" pretrain "$RUNS/smoke_corpus.txt" -o "$RUNS/smoke-pre" --prune-vocab --max-steps 5 \
-        --batch-size 16 --eval-every 5 --bf16 --save-fp16 --dev-fraction 0.02 &&
+        --batch-size 16 --eval-every 5 --bf16 --save-fp16 --dev-fraction 0.02
+}
+smoke_correct() {
+    head -n 2000 "$CSC/synthetic.txt" > "$RUNS/smoke_synthetic.txt"
     "${BERTKIT[@]}" train --task correct --synthetic "$RUNS/smoke_synthetic.txt" --dev "$CSC/dev.tsv" \
         -m "$RUNS/smoke-pre" -o "$RUNS/smoke-csc" --max-steps 5 --batch-size 16 --eval-every 5 --bf16
 }
@@ -49,8 +52,9 @@ correct() {  # $1 = name, then extra options (--plain)
         --bf16 --save-fp16 "$@" > "$RUNS/$name.log" 2>&1
 }
 
-smoke > "$RUNS/smoke.log" 2>&1 || { tail -n 30 "$RUNS/smoke.log"; echo "smoke test failed"; exit 1; }
-echo "smoke test passed"
+smoke_pretrain > "$RUNS/smoke.log" 2>&1 || { tail -n 30 "$RUNS/smoke.log"; echo "pretraining smoke test failed"; exit 1; }
+correct_ok=1
+smoke_correct >> "$RUNS/smoke.log" 2>&1 || { tail -n 30 "$RUNS/smoke.log"; echo "corrector smoke test failed: pretraining only"; correct_ok=0; }
 
 pretrain 5e-4 & pretrain 1e-3 & wait
 best_acc=-1 BASE=
@@ -64,6 +68,7 @@ done
 [ -n "$BASE" ] || { echo "no pretraining run finished"; exit 1; }
 echo "base: $BASE"
 
+[ "$correct_ok" = 1 ] || exit 1
 correct csc-soft & correct csc-plain --plain & wait
 for name in csc-soft csc-plain; do
     python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print(sys.argv[2], 'step', s['step'], 'dev cor_f1', s['best_metric'])" \
