@@ -27,7 +27,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import BertkitError
@@ -129,6 +129,35 @@ def write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def save_weights(model: nn.Module, path: Path) -> None:
+    """The state dict as safetensors, each tensor once.
+
+    Tied weights (one tensor under two names, e.g. BERT's decoder and word embeddings) are
+    stored under their first name.  Parameters that are distinct views of one buffer (cuDNN
+    packs a GRU's weights into one on the GPU, which ``safetensors.torch.save_model`` refuses)
+    are stored as copies.
+    """
+    tensors, seen = {}, set()
+    for name, tensor in _unwrap(model).state_dict().items():
+        key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+        if key not in seen:
+            seen.add(key)
+            tensors[name] = tensor.detach().to("cpu", copy=True).contiguous()
+    save_file(tensors, str(path))
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Loads what :func:`save_weights` wrote; a name left out must be tied to one that was loaded."""
+    module = _unwrap(model)
+    tensors = load_file(str(path))
+    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    state = module.state_dict()
+    loaded = {(state[n].data_ptr(), tuple(state[n].shape)) for n in tensors if n in state}
+    untied = [n for n in missing if (state[n].data_ptr(), tuple(state[n].shape)) not in loaded]
+    if unexpected or untied:
+        raise ValueError(f"weights do not match the model: missing {untied[:3]}, unexpected {unexpected[:3]}")
+
+
 # ---------------------------------------------------------------- optimisation
 
 
@@ -177,7 +206,7 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict, rng_s
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_model(_unwrap(model), str(tmp / "model.safetensors"))
+    save_weights(model, tmp / "model.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states},
                tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
@@ -195,7 +224,7 @@ def checkpoint_dir(path: Path) -> Path | None:
 def _load_checkpoint(path: Path, model, optimizer, scheduler, rank: int, world_size: int) -> dict:
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        load_model(_unwrap(model), str(path / "model.safetensors"))
+        load_weights(model, path / "model.safetensors")
         blob = torch.load(path / "optimizer.pt", weights_only=True)
         optimizer.load_state_dict(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])
@@ -370,7 +399,7 @@ class Trainer:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        save_model(_unwrap(model), str(tmp / "model.safetensors"))
+        save_weights(model, tmp / "model.safetensors")
         replace_dir(tmp, path)
 
     def _finish(self, model, state: dict, seconds: float) -> dict:
@@ -382,7 +411,7 @@ class Trainer:
         if self.rank == 0:
             best = self.ckpt_dir / "best"
             if best.exists():  # the final model is the best one seen on dev
-                load_model(_unwrap(model), str(best / "model.safetensors"))
+                load_weights(model, best / "model.safetensors")
             self.task.save(_unwrap(model), self.out)
             summary = {
                 **{k: v for k, v in state.items() if k != "history"},

@@ -9,6 +9,7 @@
 # stops early (the best-on-held-out weights are kept, and --resume continues).
 #
 #   CORPUS=runs/corpus/zh_pretrain.txt CSC=runs/csc RUNS=runs/gpu bash examples/train_models_gpu.sh
+#   BASE=runs/gpu/zh-mini-lr1e-3 CSC=runs/csc RUNS=runs/gpu bash examples/train_models_gpu.sh  # correctors only
 #
 # CORPUS comes from examples/make_pretrain_corpus.py, CSC (train.tsv, dev.tsv, synthetic.txt)
 # from examples/make_csc_data.py.
@@ -27,10 +28,10 @@ smoke_pretrain() {
     "${BERTKIT[@]}" pretrain "$RUNS/smoke_corpus.txt" -o "$RUNS/smoke-pre" --prune-vocab --max-steps 5 \
         --batch-size 16 --eval-every 5 --bf16 --save-fp16 --dev-fraction 0.02
 }
-smoke_correct() {
+smoke_correct() {  # $1 = base model
     head -n 2000 "$CSC/synthetic.txt" > "$RUNS/smoke_synthetic.txt"
     "${BERTKIT[@]}" train --task correct --synthetic "$RUNS/smoke_synthetic.txt" --dev "$CSC/dev.tsv" \
-        -m "$RUNS/smoke-pre" -o "$RUNS/smoke-csc" --max-steps 5 --batch-size 16 --eval-every 5 --bf16
+        -m "$1" -o "$RUNS/smoke-csc" --max-steps 5 --batch-size 16 --eval-every 5 --bf16
 }
 
 pretrain() {  # $1 = peak learning rate
@@ -52,23 +53,28 @@ correct() {  # $1 = name, then extra options (--plain)
         --bf16 --save-fp16 "$@" > "$RUNS/$name.log" 2>&1
 }
 
-smoke_pretrain > "$RUNS/smoke.log" 2>&1 || { tail -n 30 "$RUNS/smoke.log"; echo "pretraining smoke test failed"; exit 1; }
-correct_ok=1
-smoke_correct >> "$RUNS/smoke.log" 2>&1 || { tail -n 30 "$RUNS/smoke.log"; echo "corrector smoke test failed: pretraining only"; correct_ok=0; }
+if [ -n "${BASE:-}" ]; then  # correctors only, from the given base model
+    smoke_correct "$BASE" > "$RUNS/smoke.log" 2>&1 || { tail -n 30 "$RUNS/smoke.log"; echo "corrector smoke test failed"; exit 1; }
+else
+    smoke_pretrain > "$RUNS/smoke.log" 2>&1 || { tail -n 30 "$RUNS/smoke.log"; echo "pretraining smoke test failed"; exit 1; }
+    correct_ok=1
+    smoke_correct "$RUNS/smoke-pre" >> "$RUNS/smoke.log" 2>&1 ||
+        { tail -n 30 "$RUNS/smoke.log"; echo "corrector smoke test failed: pretraining only"; correct_ok=0; }
 
-pretrain 5e-4 & pretrain 1e-3 & wait
-best_acc=-1 BASE=
-for lr in 5e-4 1e-3; do
-    acc=$(held_out_accuracy "$RUNS/zh-mini-lr$lr")
-    echo "pretrain lr $lr: best held-out masked-token accuracy $acc"
-    if python3 -c "import sys; sys.exit(not float(sys.argv[1]) > float(sys.argv[2]))" "$acc" "$best_acc"; then
-        best_acc=$acc BASE=$RUNS/zh-mini-lr$lr
-    fi
-done
-[ -n "$BASE" ] || { echo "no pretraining run finished"; exit 1; }
+    pretrain 5e-4 & pretrain 1e-3 & wait
+    best_acc=-1 BASE=
+    for lr in 5e-4 1e-3; do
+        acc=$(held_out_accuracy "$RUNS/zh-mini-lr$lr")
+        echo "pretrain lr $lr: best held-out masked-token accuracy $acc"
+        if python3 -c "import sys; sys.exit(not float(sys.argv[1]) > float(sys.argv[2]))" "$acc" "$best_acc"; then
+            best_acc=$acc BASE=$RUNS/zh-mini-lr$lr
+        fi
+    done
+    [ -n "$BASE" ] || { echo "no pretraining run finished"; exit 1; }
+    [ "$correct_ok" = 1 ] || exit 1
+fi
 echo "base: $BASE"
 
-[ "$correct_ok" = 1 ] || exit 1
 correct csc-soft & correct csc-plain --plain & wait
 for name in csc-soft csc-plain; do
     python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print(sys.argv[2], 'step', s['step'], 'dev cor_f1', s['best_metric'])" \

@@ -105,3 +105,29 @@ def test_max_minutes_stops_at_a_checkpoint_and_resume_finishes(tmp_path, tiny_mo
 
     run_training(train, dev, str(tiny_model), cfg(resume=True))
     assert json.loads((out / "trainer_state.json").read_text())["step"] == 12
+
+
+def test_weights_with_tied_and_buffer_sharing_parameters_round_trip(tmp_path):
+    import torch
+    from torch import nn
+
+    from bertkit.trainer import load_weights, save_weights
+
+    class Packed(nn.Module):  # like cuDNN's GRU on a GPU: parameters are views of one buffer
+        def __init__(self, start: float):
+            super().__init__()
+            flat = torch.arange(start, start + 12.0)
+            self.a = nn.Parameter(flat[:6].view(2, 3))
+            self.b = nn.Parameter(flat[6:])
+            self.head = nn.Linear(3, 2, bias=False)
+            self.tied = nn.Linear(3, 2, bias=False)
+            self.tied.weight = self.head.weight  # one tensor, two names
+
+    source, target = Packed(0.0), Packed(100.0)
+    save_weights(source, tmp_path / "w.safetensors")
+    load_weights(target, tmp_path / "w.safetensors")
+    for (name, x), (_, y) in zip(source.state_dict().items(), target.state_dict().items()):
+        assert torch.equal(x, y), name
+    assert target.tied.weight is target.head.weight
+    with pytest.raises(ValueError):
+        load_weights(nn.Linear(3, 2), tmp_path / "w.safetensors")
