@@ -506,6 +506,19 @@ class CorruptionOptions:
     confusion_dir: str | None = None
 
 
+def _initial_corrector(path: str, tokenizer, kind: str) -> SoftMaskedBert:
+    """A corrector directory goes on training as it is (detector included), e.g. the paper's
+    SIGHAN fine-tuning after synthetic pretraining; any other BERT gets a new detector."""
+    if (Path(path) / CORRECTOR_CONFIG).exists():
+        net = SoftMaskedBert.load(path)
+        if net.kind != kind:
+            raise BertkitError(f"{path} is a {net.kind} corrector; training it as {kind} would drop or invent its detector")
+        return net
+    if tokenizer.mask_token_id is None:
+        raise BertkitError(f"{path}: the tokenizer has no [MASK] token, which soft masking needs")
+    return SoftMaskedBert(modelio.load_model(path, BertForMaskedLM, dtype=torch.float32), tokenizer.mask_token_id, kind)
+
+
 def run_correct_training(train_path: str | None, synthetic: Sequence[str], dev_path: str | None, model: str | None,
                          cfg: TrainConfig, kind: str = "soft-masked", max_length: int = 128,
                          corruption: CorruptionOptions = CorruptionOptions(), save_dtype: torch.dtype | None = None,
@@ -519,12 +532,9 @@ def run_correct_training(train_path: str | None, synthetic: Sequence[str], dev_p
         raise BertkitError("no training data: give a source<TAB>target file and/or --synthetic text files")
     dev = read_pairs(dev_path) if dev_path else []
     torch.manual_seed(cfg.seed)
-    mlm = modelio.load_model(path, BertForMaskedLM, dtype=torch.float32)
-    if max_length > mlm.config.max_position_embeddings:
-        raise BertkitError(f"--max-length {max_length} exceeds the model's {mlm.config.max_position_embeddings} positions")
-    if tokenizer.mask_token_id is None:
-        raise BertkitError(f"{path}: the tokenizer has no [MASK] token, which soft masking needs")
-    net = SoftMaskedBert(mlm, tokenizer.mask_token_id, kind)
+    net = _initial_corrector(path, tokenizer, kind)
+    if max_length > net.mlm.config.max_position_embeddings:
+        raise BertkitError(f"--max-length {max_length} exceeds the model's {net.mlm.config.max_position_embeddings} positions")
     confusion = ConfusionSets.build(tokenizer.get_vocab(), Path(corruption.confusion_dir or SHARED_CONFUSION))
     corruptor = Corruptor(confusion, list(tokenizer.get_vocab()), rate=corruption.rate, phonetic=corruption.phonetic,
                           visual=corruption.visual, random_share=corruption.random_share)

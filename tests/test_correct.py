@@ -242,3 +242,18 @@ def test_shipped_corrector_end_to_end(tmp_path):
         assert record["text"] == after
         for change in record["changes"]:
             assert before[change["position"]] == change["original"] and after[change["position"]] == change["correction"]
+
+
+def test_training_goes_on_from_a_saved_corrector_with_its_detector(soft, tiny_model, tmp_path):
+    from bertkit.correct import _initial_corrector
+
+    model, tok = soft
+    with torch.no_grad():
+        model.detector_out.bias.fill_(3.0)  # a trained detector, unlike a new one
+    model.save(tmp_path / "csc", tok)
+    again = _initial_corrector(str(tmp_path / "csc"), tok, "soft-masked")
+    assert torch.equal(again.detector_out.bias, model.detector_out.bias)
+    fresh = _initial_corrector(str(tiny_model), tok, "soft-masked")
+    assert not torch.equal(fresh.detector_out.bias, model.detector_out.bias)
+    with pytest.raises(Exception, match="soft-masked corrector"):
+        _initial_corrector(str(tmp_path / "csc"), tok, "plain")
