@@ -25,8 +25,12 @@ Where we deviate, and why:
   ``Corrector``); the paper's open-vocabulary decoding is ``candidates="all"``.  A change is made
   only when its probability reaches a threshold, tuned on dev (``tune_threshold``) and stored
   with the model; the paper takes the argmax.
-- Synthetic errors are drawn afresh each epoch, and the synthetic data and the SIGHAN pairs are
-  mixed in one run instead of the paper's pretrain-then-fine-tune (section 4.1).
+- Synthetic errors are drawn afresh each epoch.  Training follows the paper's two stages
+  (section 4.1) with one change: the first stage mixes the SIGHAN pairs into the synthetic data
+  (they are our only real errors, and 9.5k pairs against 139k synthetic sentences), and the
+  second fine-tunes on the SIGHAN pairs alone, from the saved corrector (``_initial_corrector``).
+- The detector runs in float32 outside autocast: the GRU is a small share of the time, and CUDA
+  autocast refuses a binary cross-entropy on probabilities.
 
 Characters are the unit: every non-space character of a line is one token (looked up in the
 vocabulary, else [UNK]), so positions map one to one, and only Chinese characters are ever
