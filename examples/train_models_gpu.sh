@@ -2,8 +2,9 @@
 # Trains the shipped Chinese models on one GPU in about nine minutes, with `bertkit` only:
 #   1. bertkit-zh-mini: two pretraining runs from scratch side by side (peak lr 5e-4 and 1e-3),
 #      keeping the one with the better held-out masked-token accuracy;
-#   2. from it, the Soft-Masked BERT corrector (bertkit-zh-csc) and the plain-BERT baseline,
-#      side by side, on the same data and budget.
+#   2. from it, stage 1 of the Soft-Masked BERT corrector (bertkit-zh-csc) and of the plain-BERT
+#      baseline, side by side, on the same data and budget (stage 2, SIGHAN-only fine-tuning,
+#      runs on a CPU: data/models/README.md, or examples/benchmarks/csc.py --train for all of it).
 # A tiny model is far too small to fill a GPU, so runs share it; each run is CPU-bound by its
 # batch building and uses two threads.  --max-minutes caps each run's wall time: a slower machine
 # stops early (the best-on-held-out weights are kept, and --resume continues).
@@ -18,7 +19,7 @@ CORPUS=${CORPUS:-runs/corpus/zh_pretrain.txt}
 CSC=${CSC:-runs/csc}
 RUNS=${RUNS:-runs/gpu}
 PRETRAIN_MINUTES=${PRETRAIN_MINUTES:-4.3}
-CORRECT_MINUTES=${CORRECT_MINUTES:-2.2}
+CORRECT_MINUTES=${CORRECT_MINUTES:-2.4}
 BERTKIT=(python3 -m bertkit.cli)
 mkdir -p "$RUNS"
 
