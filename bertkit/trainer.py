@@ -15,6 +15,7 @@ whose state is saved with each checkpoint.  A run killed after a checkpoint and 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
@@ -82,11 +83,19 @@ def world() -> tuple[int, int]:
     if size > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
+        # torn down before the interpreter's own exit, which otherwise can destroy gloo's threads
+        # while they run ("terminate called without an active exception", SIGABRT)
+        atexit.register(_leave_process_group)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _barrier() -> None:
