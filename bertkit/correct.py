@@ -49,7 +49,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from transformers import BertForMaskedLM
 
@@ -60,7 +60,7 @@ from .metrics import csc_scores
 from .progress import log
 from .recompute import RecomputeOptions, setup_recompute
 from .textio import map_in_order, read_lines
-from .trainer import TrainConfig, Trainer, write_json_atomic, write_text_atomic
+from .trainer import TrainConfig, Trainer, save_weights, write_json_atomic, write_text_atomic
 
 CORRECTOR_CONFIG = "corrector.json"
 CONFUSION_FILE = "confusion.tsv"  # char<TAB>candidates: what decoding may replace each character with
@@ -138,12 +138,8 @@ class SoftMaskedBert(nn.Module):
                 "threshold": self.threshold,
                 "paper": "Soft-Masked BERT, Zhang et al., ACL 2020"}
         write_json_atomic(directory / CORRECTOR_CONFIG, meta)
-        if self.kind == "soft-masked":
-            weights = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()
-                       if k.startswith("detector")}
-            tmp = directory / (DETECTOR_WEIGHTS + ".tmp")
-            save_file(weights, str(tmp))
-            tmp.replace(directory / DETECTOR_WEIGHTS)
+        if self.kind == "soft-masked":  # copies: on a GPU the GRU's weights share one cuDNN buffer
+            save_weights(self, directory / DETECTOR_WEIGHTS, prefix="detector", dtype=dtype)
 
     @classmethod
     def load(cls, path: str) -> "SoftMaskedBert":

@@ -138,21 +138,23 @@ def write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
-    """The state dict as safetensors, each tensor once.
+def save_weights(model: nn.Module, path: Path, prefix: str = "", dtype: torch.dtype | None = None) -> None:
+    """The state dict (the names starting with ``prefix``) as safetensors, each tensor once,
+    written atomically.
 
     Tied weights (one tensor under two names, e.g. BERT's decoder and word embeddings) are
     stored under their first name.  Parameters that are distinct views of one buffer (cuDNN
-    packs a GRU's weights into one on the GPU, which ``safetensors.torch.save_model`` refuses)
-    are stored as copies.
+    packs a GRU's weights into one on the GPU, which safetensors refuses) are stored as copies.
     """
     tensors, seen = {}, set()
     for name, tensor in _unwrap(model).state_dict().items():
         key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
-        if key not in seen:
+        if name.startswith(prefix) and key not in seen:
             seen.add(key)
-            tensors[name] = tensor.detach().to("cpu", copy=True).contiguous()
-    save_file(tensors, str(path))
+            tensors[name] = tensor.detach().to("cpu", dtype=dtype or tensor.dtype, copy=True).contiguous()
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
