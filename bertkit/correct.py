@@ -42,6 +42,7 @@ centrally.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,15 +90,48 @@ class SoftMaskedBert(nn.Module):
             self.detector = nn.GRU(hidden, self.gru_hidden, batch_first=True, bidirectional=True)
             self.detector_out = nn.Linear(2 * self.gru_hidden, 1)
 
+    def init_detector_prior(self, error_rate: float) -> None:
+        """Start a new detector at the training data's error rate instead of p = 0.5.
+
+        With p near 0.5 everywhere the first steps feed the pretrained encoder half-[MASK]
+        embeddings at every position, an input it has never seen, and the correction network
+        spends its early updates undoing that (the prior-bias initialisation of Lin et al. 2017,
+        "Focal loss", section 3.3)."""
+        if self.kind == "soft-masked":
+            rate = min(max(error_rate, 1e-4), 0.5)
+            with torch.no_grad():
+                self.detector_out.bias.fill_(math.log(rate / (1 - rate)))
+
     def detect(self, embedded: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """p_i, the probability that character i is wrong (padding-aware: packed sequences)."""
-        lengths = attention_mask.sum(1).cpu()
+        """p_i, the probability that character i is wrong (padding never reaches a real position)."""
         # float32, outside autocast: cuDNN's GRU and the BCE on p need not take bfloat16
         with torch.autocast(embedded.device.type, enabled=False):
-            packed = nn.utils.rnn.pack_padded_sequence(embedded.float(), lengths, batch_first=True, enforce_sorted=False)
-            out, _ = self.detector(packed)
-            out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=embedded.shape[1])
-            return torch.sigmoid(self.detector_out(out).squeeze(-1))
+            x = embedded.float()
+            # packing needs the lengths on the host: on a GPU that read would stall every step
+            states = self._bigru_aligned(x, attention_mask) if x.is_cuda else self._bigru_packed(x, attention_mask)
+            return torch.sigmoid(self.detector_out(states).squeeze(-1))
+
+    def _bigru_packed(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        lengths = attention_mask.sum(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.detector(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return out
+
+    def _bigru_aligned(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The packed result without host-side lengths: one GRU call over the batch twice, as
+        given (right-padded: the forward direction never sees padding before a character) and
+        right-aligned (the backward direction starts at the last character); the other half of
+        each copy is discarded.  Twice the GRU's arithmetic, no synchronisation."""
+        batch, steps = attention_mask.shape
+        shift = (steps - attention_mask.sum(1)).unsqueeze(1)  # padding per row, on the device
+        t = torch.arange(steps, device=x.device).unsqueeze(0)
+        gather = lambda v, idx: v.gather(1, idx.unsqueeze(-1).expand(-1, -1, v.shape[-1]))
+        right_aligned = gather(x, (t - shift).clamp(min=0))
+        out, _ = self.detector(torch.cat([x, right_aligned]))
+        forward, backward = out[:batch, :, : self.gru_hidden], out[batch:, :, self.gru_hidden :]
+        backward = gather(backward, (t + shift).clamp(max=steps - 1))
+        return torch.cat([forward, backward], -1) * attention_mask.unsqueeze(-1).to(out.dtype)
 
     def forward(self, input_ids, attention_mask, labels=None, detect_labels=None) -> dict[str, torch.Tensor]:
         bert = self.mlm.bert
@@ -506,9 +540,23 @@ class CorruptionOptions:
     confusion_dir: str | None = None
 
 
-def _initial_corrector(path: str, tokenizer, kind: str) -> SoftMaskedBert:
+def error_rate(train: Sequence[Pair], corrupt_rate: float) -> float:
+    """Share of the training characters that are wrong: counted in the pairs, expected in the
+    synthetic sentences (``corrupt_rate`` of their Chinese characters)."""
+    wrong = chars = 0.0
+    for pair in train:
+        chars += len(pair.target)
+        if pair.source is None:
+            wrong += corrupt_rate * sum(map(is_chinese, pair.target))
+        else:
+            wrong += sum(a != b for a, b in zip(pair.source, pair.target))
+    return wrong / max(chars, 1.0)
+
+
+def _initial_corrector(path: str, tokenizer, kind: str, prior: float) -> SoftMaskedBert:
     """A corrector directory goes on training as it is (detector included), e.g. the paper's
-    SIGHAN fine-tuning after synthetic pretraining; any other BERT gets a new detector."""
+    SIGHAN fine-tuning after synthetic pretraining; any other BERT gets a new detector, whose
+    output starts at the data's error rate ``prior``."""
     if (Path(path) / CORRECTOR_CONFIG).exists():
         net = SoftMaskedBert.load(path)
         if net.kind != kind:
@@ -516,14 +564,17 @@ def _initial_corrector(path: str, tokenizer, kind: str) -> SoftMaskedBert:
         return net
     if tokenizer.mask_token_id is None:
         raise BertkitError(f"{path}: the tokenizer has no [MASK] token, which soft masking needs")
-    return SoftMaskedBert(modelio.load_model(path, BertForMaskedLM, dtype=torch.float32), tokenizer.mask_token_id, kind)
+    net = SoftMaskedBert(modelio.load_model(path, BertForMaskedLM, dtype=torch.float32), tokenizer.mask_token_id, kind)
+    net.init_detector_prior(prior)
+    return net
 
 
 def run_correct_training(train_path: str | None, synthetic: Sequence[str], dev_path: str | None, model: str | None,
                          cfg: TrainConfig, kind: str = "soft-masked", max_length: int = 128,
                          corruption: CorruptionOptions = CorruptionOptions(), save_dtype: torch.dtype | None = None,
-                         recompute: RecomputeOptions = RecomputeOptions()) -> dict:
-    """Fine-tune a BERT checkpoint into a spelling corrector with the shared trainer."""
+                         recompute: RecomputeOptions = RecomputeOptions(), detector_lr: float = 1.0) -> dict:
+    """Fine-tune a BERT checkpoint into a spelling corrector with the shared trainer; the
+    detection network learns at ``detector_lr`` times the encoder's rate."""
     path = modelio.resolve_model(model)
     tokenizer = modelio.load_tokenizer(path)
     max_chars = max_length - 2
@@ -532,7 +583,7 @@ def run_correct_training(train_path: str | None, synthetic: Sequence[str], dev_p
         raise BertkitError("no training data: give a source<TAB>target file and/or --synthetic text files")
     dev = read_pairs(dev_path) if dev_path else []
     torch.manual_seed(cfg.seed)
-    net = _initial_corrector(path, tokenizer, kind)
+    net = _initial_corrector(path, tokenizer, kind, error_rate(train, corruption.rate))
     if max_length > net.mlm.config.max_position_embeddings:
         raise BertkitError(f"--max-length {max_length} exceeds the model's {net.mlm.config.max_position_embeddings} positions")
     confusion = ConfusionSets.build(tokenizer.get_vocab(), Path(corruption.confusion_dir or SHARED_CONFUSION))
@@ -544,6 +595,10 @@ def run_correct_training(train_path: str | None, synthetic: Sequence[str], dev_p
     log(f"{kind} corrector: {len(train) - n_synth} sentence pairs, {n_synth} synthetic sentences, {len(dev)} dev pairs")
     if dev:
         cfg.metric = cfg.metric or "cor_f1"
+    if kind == "plain" and detector_lr != 1.0:
+        raise BertkitError("--detector-lr applies to the soft-masked corrector; the plain baseline has no detector")
+    if kind == "soft-masked" and detector_lr != 1.0:
+        cfg.lr_scale = {"detector": detector_lr}  # detector.* and detector_out.*
     setup_recompute(task, task.examples, cfg, recompute)
     return Trainer(task, task.examples, cfg).fit()
 

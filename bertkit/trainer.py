@@ -56,6 +56,9 @@ class TrainConfig:
     metric: str | None = None  # key of evaluate()'s result to pick the best model (higher wins)
     log_every: int = 20
     max_minutes: float | None = None  # wall-clock budget of this run; stops early, resumable
+    # parameter-name prefix -> multiple of ``lr``: freshly initialised parts beside a pretrained
+    # encoder (e.g. the spelling corrector's detection GRU) learn at a higher rate
+    lr_scale: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in trainer_state.json
 
 
@@ -173,14 +176,18 @@ def load_weights(model: nn.Module, path: Path) -> None:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and LayerNorm weights, as in the BERT recipe."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    """AdamW without weight decay on biases and LayerNorm weights, as in the BERT recipe; the
+    parameters under a ``cfg.lr_scale`` prefix get their own groups at that multiple of ``lr``."""
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in _unwrap(model).named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        scale = next((f for prefix, f in cfg.lr_scale.items() if name.startswith(prefix)), 1.0)
+        groups.setdefault((scale, p.ndim >= 2), []).append(p)
+    # the same order every run, so a resumed optimizer state matches its groups
+    return torch.optim.AdamW([{"params": params, "lr": cfg.lr * scale, "weight_decay": cfg.weight_decay if decay else 0.0}
+                              for (scale, decay), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))],
+                             lr=cfg.lr)
 
 
 def warmup_linear(total_steps: int, warmup_steps: int) -> Callable[[int], float]:

@@ -86,6 +86,16 @@ def test_detection_ignores_padding(soft):
     torch.testing.assert_close(alone, padded)
 
 
+def test_detector_without_host_lengths_matches_packed_gru(soft):
+    model, tok = soft
+    batch = _batch(tok, ["球队比赛", "我爱北京天安门你好", "好"])
+    x = torch.randn(*batch["input_ids"].shape, model.mlm.config.hidden_size)
+    mask = batch["attention_mask"]
+    packed = model._bigru_packed(x, mask)
+    torch.testing.assert_close(model._bigru_aligned(x, mask), packed)
+    assert packed[0, 6:].abs().sum() == 0 and packed[2, 3:].abs().sum() == 0  # zeros past each row
+
+
 def test_plain_kind_is_bert_mlm(soft, tiny_model):
     model, tok = soft
     plain = SoftMaskedBert(model.mlm, tok.mask_token_id, kind="plain")
@@ -190,7 +200,8 @@ def test_cli_train_correct_and_eval(tiny_model, tmp_path):
     corpus.write_text("球队比赛冠军进球。我爱北京天安门。\n" * 20, encoding="utf-8")
     out = tmp_path / "csc"
     run_cli("train", "--task", "correct", str(pairs), "--synthetic", str(corpus), "--dev", str(pairs), "-m", str(tiny_model),
-            "-o", str(out), "--max-steps", "3", "--batch-size", "8", "--max-length", "32", check=True)
+            "-o", str(out), "--max-steps", "3", "--batch-size", "8", "--max-length", "32", "--detector-lr", "5", check=True)
+    assert json.loads((out / "trainer_state.json").read_text())["config"]["lr_scale"] == {"detector": 5.0}
     meta = json.loads((out / "corrector.json").read_text())
     assert meta["kind"] == "soft-masked" and 0.05 <= meta["threshold"] <= 0.95  # tuned on dev
     assert (out / "confusion.tsv").exists()
@@ -251,9 +262,23 @@ def test_training_goes_on_from_a_saved_corrector_with_its_detector(soft, tiny_mo
     with torch.no_grad():
         model.detector_out.bias.fill_(3.0)  # a trained detector, unlike a new one
     model.save(tmp_path / "csc", tok)
-    again = _initial_corrector(str(tmp_path / "csc"), tok, "soft-masked")
-    assert torch.equal(again.detector_out.bias, model.detector_out.bias)
-    fresh = _initial_corrector(str(tiny_model), tok, "soft-masked")
+    again = _initial_corrector(str(tmp_path / "csc"), tok, "soft-masked", prior=0.1)
+    assert torch.equal(again.detector_out.bias, model.detector_out.bias)  # kept, not re-initialised
+    fresh = _initial_corrector(str(tiny_model), tok, "soft-masked", prior=0.1)
     assert not torch.equal(fresh.detector_out.bias, model.detector_out.bias)
     with pytest.raises(Exception, match="soft-masked corrector"):
-        _initial_corrector(str(tmp_path / "csc"), tok, "plain")
+        _initial_corrector(str(tmp_path / "csc"), tok, "plain", prior=0.1)
+
+
+def test_new_detector_starts_at_the_data_error_rate(tiny_model):
+    from bertkit.correct import Pair, _initial_corrector, error_rate
+
+    tok = modelio.load_tokenizer(str(tiny_model))
+    # 1 wrong of 4 characters in the pair; 15% of the 4 Chinese of the 6 in the synthetic line
+    train = [Pair("我爱北经", "我爱北京"), Pair(None, "球队ab比赛")]
+    assert error_rate(train, 0.15) == pytest.approx((1 + 0.15 * 4) / 10)
+    net = _initial_corrector(str(tiny_model), tok, "soft-masked", prior=0.16).eval()
+    p = net(**_batch(tok, ["我爱北京天安门", "球队"]))["detect_prob"]
+    keep = _batch(tok, ["我爱北京天安门", "球队"])["attention_mask"].bool()
+    # a new detector's output is near the prior everywhere, not near 0.5
+    assert (p[keep] - 0.16).abs().max() < 0.1

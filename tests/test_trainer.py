@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli
@@ -131,3 +132,19 @@ def test_weights_with_tied_and_buffer_sharing_parameters_round_trip(tmp_path):
     assert target.tied.weight is target.head.weight
     with pytest.raises(ValueError):
         load_weights(nn.Linear(3, 2), tmp_path / "w.safetensors")
+
+
+def test_lr_scale_gives_prefixed_parameters_their_own_rate(tmp_path):
+    from bertkit.trainer import TrainConfig, build_optimizer
+
+    model = torch.nn.ModuleDict({"encoder": torch.nn.Linear(3, 3), "detector": torch.nn.Linear(3, 1)})
+    cfg = TrainConfig(tmp_path, lr=1e-4, weight_decay=0.01, lr_scale={"detector": 10.0})
+    groups = build_optimizer(model, cfg).param_groups
+    by_param = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert by_param[id(model["encoder"].weight)] == (1e-4, 0.01)
+    assert by_param[id(model["encoder"].bias)] == (1e-4, 0.0)
+    assert by_param[id(model["detector"].weight)] == pytest.approx((1e-3, 0.01))
+    assert by_param[id(model["detector"].bias)] == pytest.approx((1e-3, 0.0))
+    assert groups[0]["lr"] == 1e-4  # the first group is the base rate the progress bar shows
+    # without scales: the two groups of the BERT recipe, as before
+    assert len(build_optimizer(model, TrainConfig(tmp_path, lr=1e-4)).param_groups) == 2
