@@ -135,6 +135,7 @@ def train(
     task: Annotated[str, typer.Option(help="classify: sequence classification; correct: Chinese spelling correction (Soft-Masked BERT).")] = "classify",
     synthetic: Annotated[Optional[list[str]], typer.Option(help="correct: plain-text files of correct Chinese; errors are drawn into them afresh each epoch (repeatable).")] = None,
     plain: Annotated[bool, typer.Option("--plain", help="correct: train the plain BERT baseline (no detection network, no soft mask).")] = False,
+    residual_init: Annotated[float, typer.Option(help="correct: starting weight a of the residual h + a·e before the output layer (paper: 1, fixed; learned here).")] = 1.0,
     detector_lr: Annotated[float, typer.Option(min=0.0, help="correct: learning rate of the detection network, as a multiple of --lr (it starts from scratch beside a pretrained encoder).")] = 1.0,
     corrupt_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="correct: share of the Chinese characters of a --synthetic sentence replaced (paper: 0.15).")] = 0.15,
     phonetic: Annotated[float, typer.Option(min=0.0, help="correct: weight of same/similar-pinyin replacements (paper: 0.8).")] = 0.8,
@@ -191,7 +192,7 @@ def train(
     run_correct_training(train_file, synthetic or [], dev, model, cfg, kind="plain" if plain else "soft-masked",
                          max_length=max_length, corruption=corruption,
                          save_dtype=torch.float16 if save_fp16 else None, recompute=recompute_opts,
-                         detector_lr=detector_lr)
+                         detector_lr=detector_lr, residual_init=residual_init)
 
 
 InputArg = Annotated[str, typer.Argument(metavar="INPUT", help="A .txt (one text a line), .tsv (header with text or text_a/text_b) or .jsonl file; '-' for stdin.")]

@@ -31,6 +31,10 @@ Where we deviate, and why:
   second fine-tunes on the SIGHAN pairs alone, from the saved corrector (``_initial_corrector``).
 - The detector runs in float32 outside autocast: the GRU is a small share of the time, and CUDA
   autocast refuses a binary cross-entropy on probabilities.
+- Training details the paper leaves open: a new detector's output bias starts at the training
+  data's error rate (``init_detector_prior``), so the encoder is not fed half-[MASK] inputs at
+  the start; and ``--detector-lr`` lets the detector, trained from scratch beside a pretrained
+  encoder, learn faster than it (the paper gives one learning rate for the whole model).
 
 Characters are the unit: every non-space character of a line is one token (looked up in the
 vocabulary, else [UNK]), so positions map one to one, and only Chinese characters are ever
@@ -69,6 +73,7 @@ CANDIDATES = ("confusion", "all")
 DETECTOR_WEIGHTS = "detector.safetensors"
 DEFAULT_CORRECTOR = "bertkit-zh-csc"
 KINDS = ("soft-masked", "plain")
+NEW_PARTS = ("detector", "residual_scale")  # what soft masking adds to BERT, saved beside it
 DEFAULT_THRESHOLD = 0.5
 THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(1, 20)]  # 0.05 .. 0.95
 
@@ -77,7 +82,7 @@ class SoftMaskedBert(nn.Module):
     """Detection GRU + soft-masked BERT correction network (or the plain BERT baseline)."""
 
     def __init__(self, mlm: BertForMaskedLM, mask_id: int, kind: str = "soft-masked", gru_hidden: int | None = None,
-                 lam: float = 0.8):
+                 lam: float = 0.8, residual_init: float = 1.0):
         super().__init__()
         if kind not in KINDS:
             raise BertkitError(f"corrector kind must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -89,6 +94,8 @@ class SoftMaskedBert(nn.Module):
         if kind == "soft-masked":
             self.detector = nn.GRU(hidden, self.gru_hidden, batch_first=True, bidirectional=True)
             self.detector_out = nn.Linear(2 * self.gru_hidden, 1)
+            # weight of the residual h'_i = h^c_i + a·e_i; the paper's a = 1, learned here
+            self.residual_scale = nn.Parameter(torch.tensor(float(residual_init)))
 
     def init_detector_prior(self, error_rate: float) -> None:
         """Start a new detector at the training data's error rate instead of p = 0.5.
@@ -146,7 +153,7 @@ class SoftMaskedBert(nn.Module):
             p = prob.unsqueeze(-1).to(words.dtype)
             soft = p * mask_word + (1 - p) * words
             hidden = bert(inputs_embeds=soft, attention_mask=attention_mask).last_hidden_state
-            logits = self.mlm.cls(hidden + embedded)
+            logits = self.mlm.cls(hidden + self.residual_scale * embedded)
         out = {"logits": logits}
         if prob is not None:
             out["detect_prob"] = prob
@@ -173,7 +180,7 @@ class SoftMaskedBert(nn.Module):
                 "paper": "Soft-Masked BERT, Zhang et al., ACL 2020"}
         write_json_atomic(directory / CORRECTOR_CONFIG, meta)
         if self.kind == "soft-masked":  # copies: on a GPU the GRU's weights share one cuDNN buffer
-            save_weights(self, directory / DETECTOR_WEIGHTS, prefix="detector", dtype=dtype)
+            save_weights(self, directory / DETECTOR_WEIGHTS, prefix=NEW_PARTS, dtype=dtype)
 
     @classmethod
     def load(cls, path: str) -> "SoftMaskedBert":
@@ -197,6 +204,7 @@ class SoftMaskedBert(nn.Module):
                 model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
             except Exception as exc:
                 raise BertkitError(f"cannot load the detector of {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+            # a detector saved before the residual had a learned weight used the paper's fixed 1
             missing = {k for k in model.state_dict() if k.startswith("detector")} - set(weights)
             if missing:
                 raise BertkitError(f"{path}/{DETECTOR_WEIGHTS} lacks {', '.join(sorted(missing))}")
@@ -553,18 +561,21 @@ def error_rate(train: Sequence[Pair], corrupt_rate: float) -> float:
     return wrong / max(chars, 1.0)
 
 
-def _initial_corrector(path: str, tokenizer, kind: str, prior: float) -> SoftMaskedBert:
+def _initial_corrector(path: str, tokenizer, kind: str, prior: float, residual_init: float = 1.0) -> SoftMaskedBert:
     """A corrector directory goes on training as it is (detector included), e.g. the paper's
     SIGHAN fine-tuning after synthetic pretraining; any other BERT gets a new detector, whose
-    output starts at the data's error rate ``prior``."""
+    output starts at the data's error rate ``prior``, and whose residual weight at ``residual_init``."""
     if (Path(path) / CORRECTOR_CONFIG).exists():
         net = SoftMaskedBert.load(path)
         if net.kind != kind:
             raise BertkitError(f"{path} is a {net.kind} corrector; training it as {kind} would drop or invent its detector")
+        if kind == "soft-masked" and residual_init != 1.0:
+            log(f"{path} is a trained corrector: it keeps its residual weight {net.residual_scale.item():.3f} (--residual-init is for new ones)")
         return net
     if tokenizer.mask_token_id is None:
         raise BertkitError(f"{path}: the tokenizer has no [MASK] token, which soft masking needs")
-    net = SoftMaskedBert(modelio.load_model(path, BertForMaskedLM, dtype=torch.float32), tokenizer.mask_token_id, kind)
+    net = SoftMaskedBert(modelio.load_model(path, BertForMaskedLM, dtype=torch.float32), tokenizer.mask_token_id, kind,
+                         residual_init=residual_init)
     net.init_detector_prior(prior)
     return net
 
@@ -572,9 +583,11 @@ def _initial_corrector(path: str, tokenizer, kind: str, prior: float) -> SoftMas
 def run_correct_training(train_path: str | None, synthetic: Sequence[str], dev_path: str | None, model: str | None,
                          cfg: TrainConfig, kind: str = "soft-masked", max_length: int = 128,
                          corruption: CorruptionOptions = CorruptionOptions(), save_dtype: torch.dtype | None = None,
-                         recompute: RecomputeOptions = RecomputeOptions(), detector_lr: float = 1.0) -> dict:
-    """Fine-tune a BERT checkpoint into a spelling corrector with the shared trainer; the
-    detection network learns at ``detector_lr`` times the encoder's rate."""
+                         recompute: RecomputeOptions = RecomputeOptions(), detector_lr: float = 1.0,
+                         residual_init: float = 1.0) -> dict:
+    """Fine-tune a BERT checkpoint into a spelling corrector with the shared trainer; the parts
+    soft masking adds (detection network, residual weight) learn at ``detector_lr`` times the
+    encoder's rate."""
     path = modelio.resolve_model(model)
     tokenizer = modelio.load_tokenizer(path)
     max_chars = max_length - 2
@@ -583,7 +596,7 @@ def run_correct_training(train_path: str | None, synthetic: Sequence[str], dev_p
         raise BertkitError("no training data: give a source<TAB>target file and/or --synthetic text files")
     dev = read_pairs(dev_path) if dev_path else []
     torch.manual_seed(cfg.seed)
-    net = _initial_corrector(path, tokenizer, kind, error_rate(train, corruption.rate))
+    net = _initial_corrector(path, tokenizer, kind, error_rate(train, corruption.rate), residual_init)
     if max_length > net.mlm.config.max_position_embeddings:
         raise BertkitError(f"--max-length {max_length} exceeds the model's {net.mlm.config.max_position_embeddings} positions")
     confusion = ConfusionSets.build(tokenizer.get_vocab(), Path(corruption.confusion_dir or SHARED_CONFUSION))
@@ -598,7 +611,7 @@ def run_correct_training(train_path: str | None, synthetic: Sequence[str], dev_p
     if kind == "plain" and detector_lr != 1.0:
         raise BertkitError("--detector-lr applies to the soft-masked corrector; the plain baseline has no detector")
     if kind == "soft-masked" and detector_lr != 1.0:
-        cfg.lr_scale = {"detector": detector_lr}  # detector.* and detector_out.*
+        cfg.lr_scale = {prefix: detector_lr for prefix in NEW_PARTS}
     setup_recompute(task, task.examples, cfg, recompute)
     return Trainer(task, task.examples, cfg).fit()
 

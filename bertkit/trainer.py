@@ -141,8 +141,8 @@ def write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def save_weights(model: nn.Module, path: Path, prefix: str = "", dtype: torch.dtype | None = None) -> None:
-    """The state dict (the names starting with ``prefix``) as safetensors, each tensor once,
+def save_weights(model: nn.Module, path: Path, prefix: str | tuple[str, ...] = "", dtype: torch.dtype | None = None) -> None:
+    """The state dict (the names starting with ``prefix``, or one of them) as safetensors, each tensor once,
     written atomically.
 
     Tied weights (one tensor under two names, e.g. BERT's decoder and word embeddings) are

@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from transformers import BertForMaskedLM
 
 from bertkit import modelio
@@ -106,10 +107,17 @@ def test_plain_kind_is_bert_mlm(soft, tiny_model):
 
 def test_save_and_load_roundtrip(soft, tmp_path):
     model, tok = soft
+    with torch.no_grad():
+        model.residual_scale.fill_(0.3)  # learned, so saved with the detector
     model.save(tmp_path / "c", tok)
     again = SoftMaskedBert.load(str(tmp_path / "c")).eval()
     batch = _batch(tok, ["我爱北京"])
     torch.testing.assert_close(again(**batch)["logits"], model(**batch)["logits"])
+    assert again.residual_scale.item() == pytest.approx(0.3)
+    # a detector file from before the residual was learned: the paper's fixed weight 1
+    weights = load_file(str(tmp_path / "c" / "detector.safetensors"))
+    save_file({k: v for k, v in weights.items() if k != "residual_scale"}, str(tmp_path / "c" / "detector.safetensors"))
+    assert SoftMaskedBert.load(str(tmp_path / "c")).residual_scale.item() == 1.0
     # the BERT part is a plain transformers directory
     assert BertForMaskedLM.from_pretrained(tmp_path / "c").config.hidden_size == 32
 
@@ -200,8 +208,8 @@ def test_cli_train_correct_and_eval(tiny_model, tmp_path):
     corpus.write_text("球队比赛冠军进球。我爱北京天安门。\n" * 20, encoding="utf-8")
     out = tmp_path / "csc"
     run_cli("train", "--task", "correct", str(pairs), "--synthetic", str(corpus), "--dev", str(pairs), "-m", str(tiny_model),
-            "-o", str(out), "--max-steps", "3", "--batch-size", "8", "--max-length", "32", "--detector-lr", "5", check=True)
-    assert json.loads((out / "trainer_state.json").read_text())["config"]["lr_scale"] == {"detector": 5.0}
+            "-o", str(out), "--max-steps", "3", "--batch-size", "8", "--max-length", "32", "--detector-lr", "5", "--residual-init", "0", check=True)
+    assert json.loads((out / "trainer_state.json").read_text())["config"]["lr_scale"] == {"detector": 5.0, "residual_scale": 5.0}
     meta = json.loads((out / "corrector.json").read_text())
     assert meta["kind"] == "soft-masked" and 0.05 <= meta["threshold"] <= 0.95  # tuned on dev
     assert (out / "confusion.tsv").exists()
