@@ -76,7 +76,7 @@ else
 fi
 echo "base: $BASE"
 
-correct csc-soft & correct csc-plain --plain & wait
+correct csc-soft --detector-lr 10 --residual-init 0 & correct csc-plain --plain & wait
 for name in csc-soft csc-plain; do
     python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print(sys.argv[2], 'step', s['step'], 'dev cor_f1', s['best_metric'])" \
         "$RUNS/$name/trainer_state.json" "$name" 2>/dev/null || echo "$name did not finish"
