@@ -184,10 +184,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
             continue
         scale = next((f for prefix, f in cfg.lr_scale.items() if name.startswith(prefix)), 1.0)
         groups.setdefault((scale, p.ndim >= 2), []).append(p)
-    # the same order every run, so a resumed optimizer state matches its groups
-    return torch.optim.AdamW([{"params": params, "lr": cfg.lr * scale, "weight_decay": cfg.weight_decay if decay else 0.0}
-                              for (scale, decay), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))],
-                             lr=cfg.lr)
+    # the same order every run, so a resumed optimizer state matches its groups; the base rate
+    # first, as the progress bar reports the first group's rate
+    order = sorted(groups, key=lambda g: (g[0] != 1.0, g[0], not g[1]))
+    return torch.optim.AdamW([{"params": groups[g], "lr": cfg.lr * g[0], "weight_decay": cfg.weight_decay if g[1] else 0.0}
+                              for g in order], lr=cfg.lr)
 
 
 def warmup_linear(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
