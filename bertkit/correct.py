@@ -145,20 +145,24 @@ class SoftMaskedBert(nn.Module):
         backward = gather(backward, (t + shift).clamp(max=steps - 1))
         return torch.cat([forward, backward], -1) * attention_mask.unsqueeze(-1).to(out.dtype)
 
-    def forward(self, input_ids, attention_mask, labels=None, detect_labels=None) -> dict[str, torch.Tensor]:
+    def encode(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output layer's input (BERT's last hidden state, plus the weighted residual under soft
+        masking) and the detector's error probabilities (None for plain BERT)."""
         bert = self.mlm.bert
         if self.kind == "plain":
-            logits = self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
-            prob = None
-        else:
-            words = bert.embeddings.word_embeddings(input_ids)
-            embedded = bert.embeddings(inputs_embeds=words)  # e_i: what the encoder would see unmasked
-            prob = self.detect(embedded, attention_mask)
-            mask_word = bert.embeddings.word_embeddings.weight[self.mask_id]
-            p = prob.unsqueeze(-1).to(words.dtype)
-            soft = p * mask_word + (1 - p) * words
-            hidden = bert(inputs_embeds=soft, attention_mask=attention_mask).last_hidden_state
-            logits = self.mlm.cls(hidden + self.residual_scale * embedded)
+            return bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, None
+        words = bert.embeddings.word_embeddings(input_ids)
+        embedded = bert.embeddings(inputs_embeds=words)  # e_i: what the encoder would see unmasked
+        prob = self.detect(embedded, attention_mask)
+        mask_word = bert.embeddings.word_embeddings.weight[self.mask_id]
+        p = prob.unsqueeze(-1).to(words.dtype)
+        soft = p * mask_word + (1 - p) * words
+        hidden = bert(inputs_embeds=soft, attention_mask=attention_mask).last_hidden_state
+        return hidden + self.residual_scale * embedded, prob
+
+    def forward(self, input_ids, attention_mask, labels=None, detect_labels=None) -> dict[str, torch.Tensor]:
+        states, prob = self.encode(input_ids, attention_mask)
+        logits = self.mlm.cls(states)
         out = {"logits": logits}
         if prob is not None:
             out["detect_prob"] = prob
@@ -367,17 +371,15 @@ class Corrector:
         batch = pad_ids(ids, self.chars)
         device = next(self.model.parameters()).device
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        logits = out["logits"][:, 1:-1].float().cpu()
-        lse = logits.logsumexp(-1)
-        if self.table is None:  # only ever write a Chinese character: the best of those
-            best_logit, best = logits.masked_fill(~self._chinese, float("-inf")).max(-1)
-        else:  # the best of the character itself and its confusion set
-            cand = self.table.ids[batch["input_ids"][:, 1:-1]]
-            best_logit, k = logits.gather(-1, cand).max(-1)
-            best = cand.gather(-1, k.unsqueeze(-1)).squeeze(-1)
-        best_p = (best_logit - lse).exp()
-        detect = out["detect_prob"].float().cpu() if "detect_prob" in out else None
+            states, detect = self.model.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            states = states[:, 1:-1]
+            if self.table is None:  # only ever write a Chinese character: the best of those
+                logits = self.model.mlm.cls(states).float().cpu()
+                best_logit, best = logits.masked_fill(~self._chinese, float("-inf")).max(-1)
+                best_p = (best_logit - logits.logsumexp(-1)).exp()
+            else:
+                best, best_p = self._best_candidates(states, batch["input_ids"][:, 1:-1])
+        detect = detect.float().cpu() if detect is not None else None
         for b, w in enumerate(wins):
             text = texts[w.line]
             for k in range(w.keep_from, w.keep_to):
@@ -389,6 +391,22 @@ class Corrector:
                 if new and new != ch:
                     p_det = float(detect[b, k + 1]) if detect is not None else None
                     changes[w.line].append(Change(pos, ch, new, float(best_p[b, k]), p_det))
+
+    def _best_candidates(self, states: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Confusion-set decoding: at each position the best of the character itself and its
+        confusion set, and its probability under the full softmax.  The softmax's normaliser is
+        computed only where that best is another character (elsewhere nothing changes and the
+        probability is left at 0): over the whole vocabulary at every position it took a sixth
+        of a CPU forward pass."""
+        logits = self.model.mlm.cls(states).float().cpu()
+        cand = self.table.ids[input_ids]
+        best_logit, k = logits.gather(-1, cand).max(-1)
+        best = cand.gather(-1, k.unsqueeze(-1)).squeeze(-1)
+        best_p = torch.zeros_like(best_logit)
+        changed = best != input_ids
+        if changed.any():
+            best_p[changed] = (best_logit[changed] - logits[changed].logsumexp(-1)).exp()
+        return best, best_p
 
 
 def apply_changes(text: str, changes: Iterable[Change]) -> str:

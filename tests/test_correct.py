@@ -164,6 +164,28 @@ def test_confusion_decoding_picks_only_from_the_confusion_set(soft):
     assert next(Corrector(model, tok, threshold=0.0).correct(["我爱北门"]))[0] == "球球球球"
 
 
+def test_confusion_decoding_reports_the_full_softmax_probability(soft):
+    """The normaliser is computed only where a change is possible; the probability reported must
+    still be the whole vocabulary's softmax, and every position must get its set's best."""
+    model, tok = soft
+    text = "我爱北京天安门广场"
+    confusion = {"我": "爱北京天", "爱": "我门", "北": "京天安门广场", "京": "我", "天": "安", "门": "广场我爱"}
+    chars = CharVocab(tok)
+    with torch.no_grad():
+        probs = model(**_batch(tok, [text]))["logits"][0, 1:-1].softmax(-1)
+    expected = []
+    for i, ch in enumerate(text):
+        cands = [ch, *confusion.get(ch, "")]
+        best = max(cands, key=lambda c: float(probs[i, chars.id(c)]))
+        if best != ch:
+            expected.append((i, best, float(probs[i, chars.id(best)])))
+    assert expected  # a random model prefers some other character somewhere
+    _, changes = next(Corrector(model, tok, threshold=0.0, candidates="confusion", confusion=confusion).correct([text]))
+    assert [(c.position, c.correction) for c in changes] == [(i, best) for i, best, _ in expected]
+    for change, (_, _, p) in zip(changes, expected):
+        assert change.probability == pytest.approx(p, rel=1e-4)
+
+
 def test_threshold_trades_changes_for_precision(soft):
     model, tok = soft
     lines = ["我爱北京天安门"]
