@@ -6,13 +6,17 @@
   seed and split (``--dev-size`` pairs for dev: the SIGHAN test sets are never read).  SIGHAN's
   training pairs almost all contain errors while half of a test set is correct sentences, so
   dev also gets each of its targets as a correct sentence (target<TAB>target): over-correction
-  then shows on dev, as on a test set;
+  then shows on dev, as on a test set.  SIGHAN's training data repeat text (the same essay
+  passage split differently, in two or three of the sets), so a drawn dev pair that shares a
+  clause of ``--min-clause`` characters or more with a training pair's target goes back to train:
+  otherwise dev scores memorising, and picks the model that memorises best;
 - ``synthetic.txt``: correct Chinese for synthetic errors: People's Daily, the wiki sample, the
   THUCNews/reviews/STS-B train texts, and the targets of the SIGHAN *train* part (never dev).
 """
 
 import argparse
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -21,17 +25,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_pretrain_corpus import SHARED, peoples_daily, tsv_column  # noqa: E402
 
 
+def clauses(sentence: str, min_chars: int) -> set[str]:
+    return {c for c in re.split(r"[，。！？；：、,.!?;:\s]+", sentence) if len(c) >= min_chars}
+
+
+def split_dev(pairs: list[str], dev_size: int, min_clause: int) -> tuple[list[str], list[str]]:
+    """The first ``dev_size`` pairs, less those that share a clause with a later pair's target
+    (those join train); the rest are train."""
+    drawn, train = pairs[:dev_size], pairs[dev_size:]
+    seen = set().union(*(clauses(line.split("\t")[1], min_clause) for line in train))
+    dev = [line for line in drawn if not clauses(line.split("\t")[1], min_clause) & seen]
+    kept = set(dev)
+    return dev, train + [line for line in drawn if line not in kept]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--dev-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--min-clause", type=int, default=8, help="shared clause length that sends a dev pair to train")
     args = parser.parse_args()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     pairs = (SHARED / "csc/sighan13_14_15_train.tsv").read_text(encoding="utf-8").splitlines()
     random.Random(args.seed).shuffle(pairs)
-    dev, train = pairs[: args.dev_size], pairs[args.dev_size :]
+    dev, train = split_dev(pairs, args.dev_size, args.min_clause)
     clean = [f"{t}\t{t}" for t in (line.split("\t")[1] for line in dev)]
     (out / "dev.tsv").write_text("\n".join(dev + clean) + "\n", encoding="utf-8")
     (out / "train.tsv").write_text("\n".join(train) + "\n", encoding="utf-8")
