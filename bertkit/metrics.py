@@ -112,6 +112,33 @@ def csc_scores(sources: Sequence[str], targets: Sequence[str], predictions: Sequ
     )
 
 
+def correction_outcomes(sources: Sequence[str], targets: Sequence[str], predictions: Sequence[str]) -> np.ndarray:
+    """Per sentence, the three counts behind sentence-level correction P/R (as in `csc_scores`):
+    changed by the system, has errors, fully corrected.  Shape (sentences, 3), 0/1."""
+    _same_length(sources, targets)
+    _same_length(sources, predictions)
+    return np.array([(hyp != src, tgt != src, tgt != src and hyp == tgt)
+                     for src, tgt, hyp in zip(sources, targets, predictions)], dtype=np.int64).reshape(-1, 3)
+
+
+def paired_bootstrap_cor_f1(a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict:
+    """Paired bootstrap over sentences (Koehn 2004) of sentence-level correction F1, system a minus
+    system b, from two `correction_outcomes` of the same test set: the 95% interval of the
+    difference and the share of resamples in which a scores higher."""
+    if a.shape != b.shape:
+        raise ValueError(f"outcomes differ in shape: {a.shape} vs {b.shape}")
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+
+    def f1s(outcomes):
+        changed, errors, right = (outcomes[:, k][idx].sum(1) for k in range(3))
+        p, r = right / np.maximum(changed, 1), right / np.maximum(errors, 1)
+        return np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+
+    diff = f1s(a) - f1s(b)
+    lo, hi = np.percentile(diff, [2.5, 97.5])
+    return {"diff_ci95": (float(lo), float(hi)), "a_better": float((diff > 0).mean())}
+
+
 def f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r else 0.0
 

@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from bertkit.metrics import accuracy, csc_scores, macro_f1, rank, spearman
+from bertkit.metrics import (accuracy, correction_outcomes, csc_scores, macro_f1, paired_bootstrap_cor_f1, rank,
+                             spearman)
 
 
 def test_accuracy_and_macro_f1_by_hand():
@@ -54,3 +55,26 @@ def test_csc_partial_detection_is_not_a_sentence_hit():
 def test_csc_rejects_length_change():
     with pytest.raises(ValueError):
         csc_scores(["abc"], ["abc"], ["ab"])
+
+
+def test_correction_outcomes_agree_with_csc_scores():
+    src = ["我爱北门", "天气很号", "你好", "他很高"]
+    tgt = ["我爱北京", "天气很好", "你好", "他很高"]
+    hyp = ["我爱北京", "天汽很好", "你们", "他很高"]
+    o = correction_outcomes(src, tgt, hyp)
+    assert o.tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0]]
+    p, r = o[:, 2].sum() / o[:, 0].sum(), o[:, 2].sum() / o[:, 1].sum()
+    assert csc_scores(src, tgt, hyp).cor_f1 == pytest.approx(2 * p * r / (p + r))
+
+
+def test_paired_bootstrap_of_correction_f1():
+    src = ["我爱北门"] * 50 + ["你好"] * 50
+    tgt = ["我爱北京"] * 50 + ["你好"] * 50
+    good = correction_outcomes(src, tgt, ["我爱北京"] * 40 + ["我爱北门"] * 10 + ["你好"] * 50)
+    bad = correction_outcomes(src, tgt, ["我爱北京"] * 20 + ["我爱北门"] * 30 + ["你们"] * 10 + ["你好"] * 40)
+    same = paired_bootstrap_cor_f1(good, good)
+    assert same["diff_ci95"] == (0.0, 0.0) and same["a_better"] == 0.0
+    better = paired_bootstrap_cor_f1(good, bad)
+    lo, hi = better["diff_ci95"]
+    assert 0 < lo < hi and better["a_better"] == 1.0
+    assert paired_bootstrap_cor_f1(bad, good)["a_better"] == 0.0
