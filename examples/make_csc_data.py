@@ -7,9 +7,10 @@
   training pairs almost all contain errors while half of a test set is correct sentences, so
   dev also gets each of its targets as a correct sentence (target<TAB>target): over-correction
   then shows on dev, as on a test set.  SIGHAN's training data repeat text (the same essay
-  passage split differently, in two or three of the sets), so a drawn dev pair that shares a
-  clause of ``--min-clause`` characters or more with a training pair's target goes back to train:
-  otherwise dev scores memorising, and picks the model that memorises best;
+  passage split differently, in two or three of the sets), so a drawn dev pair whose target
+  equals a training pair's, or shares with one a clause of ``--min-clause`` characters or more,
+  or any run of ``--ngram`` characters, goes back to train: otherwise dev scores memorising, and
+  picks the model that memorises best;
 - ``synthetic.txt``: correct Chinese for synthetic errors: People's Daily, the wiki sample, the
   THUCNews/reviews/STS-B train texts, and the targets of the SIGHAN *train* part (never dev).
 """
@@ -29,12 +30,25 @@ def clauses(sentence: str, min_chars: int) -> set[str]:
     return {c for c in re.split(r"[，。！？；：、,.!?;:\s]+", sentence) if len(c) >= min_chars}
 
 
-def split_dev(pairs: list[str], dev_size: int, min_clause: int) -> tuple[list[str], list[str]]:
-    """The first ``dev_size`` pairs, less those that share a clause with a later pair's target
-    (those join train); the rest are train."""
+def ngrams(sentence: str, n: int) -> set[str]:
+    return {sentence[i : i + n] for i in range(len(sentence) - n + 1)}
+
+
+def split_dev(pairs: list[str], dev_size: int, min_clause: int, ngram: int = 10) -> tuple[list[str], list[str]]:
+    """The first ``dev_size`` pairs make dev, less those whose target equals a later pair's
+    target, or shares with one a clause of ``min_clause`` characters or more, or any run of
+    ``ngram`` characters (those join train); a pair repeated within dev stays there once.  The
+    rest are train."""
     drawn, train = pairs[:dev_size], pairs[dev_size:]
-    seen = set().union(*(clauses(line.split("\t")[1], min_clause) for line in train))
-    dev = [line for line in drawn if not clauses(line.split("\t")[1], min_clause) & seen]
+    targets = [line.split("\t")[1] for line in train]
+    seen_clauses = set().union(*(clauses(t, min_clause) for t in targets))
+    seen_runs = set().union(*(ngrams(t, ngram) for t in targets))
+    seen_targets = set(targets)
+
+    def seen(target: str) -> bool:
+        return target in seen_targets or bool(clauses(target, min_clause) & seen_clauses or ngrams(target, ngram) & seen_runs)
+
+    dev = list(dict.fromkeys(line for line in drawn if not seen(line.split("\t")[1])))
     kept = set(dev)
     return dev, train + [line for line in drawn if line not in kept]
 
@@ -45,12 +59,13 @@ def main():
     parser.add_argument("--dev-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--min-clause", type=int, default=8, help="shared clause length that sends a dev pair to train")
+    parser.add_argument("--ngram", type=int, default=10, help="shared character run that sends a dev pair to train")
     args = parser.parse_args()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     pairs = (SHARED / "csc/sighan13_14_15_train.tsv").read_text(encoding="utf-8").splitlines()
     random.Random(args.seed).shuffle(pairs)
-    dev, train = split_dev(pairs, args.dev_size, args.min_clause)
+    dev, train = split_dev(pairs, args.dev_size, args.min_clause, args.ngram)
     clean = [f"{t}\t{t}" for t in (line.split("\t")[1] for line in dev)]
     (out / "dev.tsv").write_text("\n".join(dev + clean) + "\n", encoding="utf-8")
     (out / "train.tsv").write_text("\n".join(train) + "\n", encoding="utf-8")
