@@ -34,9 +34,9 @@ Where we deviate, and why:
 - The residual carries a learned weight a, h'_i = h^c_i + a·e_i (the paper's a = 1, fixed), and
   ``--residual-init 0`` starts it at 0: our output layer is the pretrained MLM head, whose tied
   decoder scores the input character highly once e_i is added, so the paper's residual makes
-  the small model copy its input (equal-steps control in data/models/README.md: after both
-  stages, correction F1 on the deduplicated dev 24.37 with a = 1 fixed, 27.00 learned from 0,
-  23.47 plain BERT; SIGHAN15 21.82, 28.69, 27.43).
+  the small model copy its input (equal-steps CPU control in data/models/README.md, after both
+  stages: correction F1 on the deduplicated dev 22.93 with a = 1 fixed, 25.00 learned from 0,
+  22.78 plain BERT; SIGHAN15 21.82, 28.69, 27.43).
 - Training details the paper leaves open: a new detector's output bias starts at the training
   data's error rate (``init_detector_prior``) rather than at p = 0.5; and ``--detector-lr`` lets
   the detector, trained from scratch beside a pretrained encoder, learn faster than it (the

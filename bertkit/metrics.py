@@ -117,6 +117,9 @@ def correction_outcomes(sources: Sequence[str], targets: Sequence[str], predicti
     changed by the system, has errors, fully corrected.  Shape (sentences, 3), 0/1."""
     _same_length(sources, targets)
     _same_length(sources, predictions)
+    for src, tgt, hyp in zip(sources, targets, predictions):
+        if not (len(src) == len(tgt) == len(hyp)):
+            raise ValueError(f"source, target and prediction differ in length: {src!r} {tgt!r} {hyp!r}")
     return np.array([(hyp != src, tgt != src, tgt != src and hyp == tgt)
                      for src, tgt, hyp in zip(sources, targets, predictions)], dtype=np.int64).reshape(-1, 3)
 
@@ -127,6 +130,8 @@ def paired_bootstrap_cor_f1(a: np.ndarray, b: np.ndarray, resamples: int = 2000,
     difference and the share of resamples in which a scores higher."""
     if a.shape != b.shape:
         raise ValueError(f"outcomes differ in shape: {a.shape} vs {b.shape}")
+    if not len(a):
+        raise ValueError("no sentences to resample")
     idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
 
     def f1s(outcomes):

@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# Trains the shipped Chinese models on one GPU with `bertkit` only:
+# Trains bertkit's Chinese models on one GPU with `bertkit` only:
 #   1. bertkit-zh-mini: two pretraining runs from scratch side by side (peak lr 5e-4 and 1e-3),
 #      keeping the one with the better held-out masked-token accuracy;
-#   2. from it, the spelling corrector bertkit-zh-csc (Soft-Masked BERT) and the plain-BERT
-#      baseline, on the same data and step budget, in the paper's two stages: stage 1 (synthetic
+#   2. from it, a Soft-Masked BERT spelling corrector and its plain-BERT baseline (the equal-steps
+#      pair of data/models/README.md; the shipped bertkit-zh-csc came from an earlier recipe, kept
+#      there), on the same data and step budget, in the paper's two stages: stage 1 (synthetic
 #      errors plus the SIGHAN pairs) at each learning rate in CORRECT_LRS, all side by side; for
 #      each kind the run with the better dev correction F1 goes on to stage 2 (SIGHAN pairs alone)
-#      with each schedule in STAGE2_RUNS, again side by side; each stage-2 model gets its default
+#      with each schedule in STAGE2_RUNS, again side by side (each stage starts from the previous
+#      stage's best-on-dev checkpoint, which the trainer keeps); each stage-2 model gets its default
 #      threshold tuned on dev, and the better of each kind is copied to $RUNS/csc-soft and
-#      $RUNS/csc-plain.  Both kinds get the same steps and the same choices, picked on dev alone.
+#      $RUNS/csc-plain.  Both kinds get the same steps (unless a time cap stops a run) and the same
+#      choices, picked on dev alone.
 # A tiny model is far too small to fill a GPU, so runs share it; each run is CPU-bound by its
 # batch building and uses two threads.  --max-minutes caps each run's wall time: a slower machine
 # stops early (the best-on-dev weights are kept, and --resume continues).
 #
 #   CORPUS=runs/corpus/zh_pretrain.txt CSC=runs/csc RUNS=runs/gpu bash examples/train_models_gpu.sh
-#   BASE=data/models/bertkit-zh-mini CSC=runs/csc RUNS=runs/gpu2 bash examples/train_models_gpu.sh  # correctors only
+#   BASE=data/models/bertkit-zh-mini CSC=runs/csc RUNS=runs/gpu3 bash examples/train_models_gpu.sh  # correctors only
 #
 # CORPUS comes from examples/make_pretrain_corpus.py, CSC (train.tsv, dev.tsv, synthetic.txt)
 # from examples/make_csc_data.py.
@@ -29,6 +32,8 @@ STAGE1_MINUTES=${STAGE1_MINUTES:-3.4}
 STAGE2_RUNS=${STAGE2_RUNS:-1800:5e-5:200 3600:5e-5:300 3600:1e-4:300}  # steps:peak lr:eval-every
 STAGE2_MINUTES=${STAGE2_MINUTES:-3.5}
 BERTKIT=(python3 -m bertkit.cli)
+# every pick below reads the runs' own files: a folder holding earlier runs would mix them in
+if [ -n "$(ls -A "$RUNS" 2>/dev/null)" ]; then echo "$RUNS is not empty: give RUNS a new folder"; exit 1; fi
 mkdir -p "$RUNS"
 
 # a few steps of each command on a slice of the data, so a broken setup fails in seconds
@@ -96,8 +101,8 @@ report() {  # prints "name step dev-correction-F1" of each finished run named
     done
 }
 
-best_run() {  # the finished run among those named with the best dev correction F1
-    report "$@" | sort -k3 -g -r | head -n 1 | cut -d' ' -f1
+best_run() {  # the finished run among those named with the best dev correction F1 (ties: the first named)
+    report "$@" | sort -s -k3,3gr | head -n 1 | cut -d' ' -f1
 }
 
 if [ -n "${BASE:-}" ]; then  # correctors only, from the given base model
@@ -147,5 +152,6 @@ for kind in soft plain; do
             best=$f1; rm -rf "$RUNS/csc-$kind"; cp -r "$RUNS/$name" "$RUNS/csc-$kind"
         fi
     done
+    [ "$best" != -1 ] || { echo "no stage-2 $kind run finished"; exit 1; }
     echo "final csc-$kind: dev correction F1 $best"
 done

@@ -78,3 +78,5 @@ def test_paired_bootstrap_of_correction_f1():
     lo, hi = better["diff_ci95"]
     assert 0 < lo < hi and better["a_better"] == 1.0
     assert paired_bootstrap_cor_f1(bad, good)["a_better"] == 0.0
+    with pytest.raises(ValueError):
+        correction_outcomes(["我爱北门"], ["我爱北京"], ["我爱"])

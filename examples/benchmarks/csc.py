@@ -1,15 +1,16 @@
 """Spelling correction on SIGHAN15: the shipped Soft-Masked BERT vs a plain BERT corrector trained
 on the same data with the same budget; SIGHAN sentence-level scores, FPR and sentences/s.
 
-    python examples/benchmarks/csc.py [--soft data/models/bertkit-zh-csc] [--plain runs/gpu2/csc-plain]
-    python examples/benchmarks/csc.py --train    # first retrain both (one GPU, about nine minutes)
+    python examples/benchmarks/csc.py [--soft data/models/bertkit-zh-csc] [--plain runs/ft2/csc-plain]
+    python examples/benchmarks/csc.py --train    # retrain an equal-steps pair first (one GPU, about nine minutes)
 
 --train writes the data (examples/make_csc_data.py) and runs examples/train_models_gpu.sh in its
-correctors-only mode from the shipped bertkit-zh-mini: both stages of both kinds on one GPU, the
-same steps and the same learning-rate choices for each, each kind's final model and its default
-threshold (confusion-set decoding) picked on dev.  Both correctors run through the same
-`Corrector` (one process, --threads CPU threads, each timed on the whole test set after a short
-warm-up; sentences/s is the median of --repeats passes).  Scores are x 100.
+correctors-only mode from the shipped bertkit-zh-mini, into a new folder runs/csc-train-TIME:
+both stages of both kinds on one GPU, the same steps and the same choices for each, each kind's
+final model and its default threshold (confusion-set decoding) picked on dev; then it scores that
+pair instead of the defaults.  Both correctors run through the same `Corrector` (one process,
+--threads CPU threads, each timed on the whole test set after a short warm-up; sentences/s is
+the median of --repeats passes).  Scores are x 100.
 Last stdout line: {"soft_masked": {det_p, det_r, det_f1, cor_p, cor_r, cor_f1, fpr, sentences_per_s, ...},
                    "plain_bert": {...}, "cor_f1_soft_minus_plain_ci95": [lo, hi], "soft_better_share": s}
 (the last two from a paired bootstrap over the test sentences, 2,000 resamples).
@@ -34,11 +35,13 @@ from bertkit import modelio  # noqa: E402
 from bertkit.correct import Corrector, read_pairs  # noqa: E402
 from bertkit.metrics import correction_outcomes, csc_scores, paired_bootstrap_cor_f1  # noqa: E402
 
+
 def train_both() -> tuple[str, str]:
     subprocess.run([sys.executable, "examples/make_csc_data.py", "-o", "runs/csc"], cwd=ROOT, check=True)
-    env = {**os.environ, "BASE": str(ROOT / "data/models/bertkit-zh-mini"), "CSC": "runs/csc", "RUNS": "runs/gpu2"}
+    runs = ROOT / "runs" / time.strftime("csc-train-%Y%m%d-%H%M%S")
+    env = {**os.environ, "BASE": str(ROOT / "data/models/bertkit-zh-mini"), "CSC": "runs/csc", "RUNS": str(runs)}
     subprocess.run(["bash", "examples/train_models_gpu.sh"], cwd=ROOT, env=env, check=True)
-    return str(ROOT / "runs/gpu2/csc-soft"), str(ROOT / "runs/gpu2/csc-plain")
+    return str(runs / "csc-soft"), str(runs / "csc-plain")
 
 
 def correct_all(corrector: Corrector, pairs) -> tuple[list[str], float]:
@@ -47,8 +50,8 @@ def correct_all(corrector: Corrector, pairs) -> tuple[list[str], float]:
     return hyps, time.perf_counter() - start
 
 
-def score_both(models: dict[str, str], pairs, threshold: float | None, repeats: int) -> dict:
-    """Each corrector's scores, and its speed as the median of `repeats` timed passes over the whole
+def score_both(models: dict[str, str], pairs, threshold: float | None, repeats: int) -> tuple[dict, dict]:
+    """Each corrector's scores and outputs, and its speed as the median of `repeats` timed passes over the whole
     test set; the passes alternate between the correctors so that drift in the machine's speed
     touches both alike."""
     kwargs = {} if threshold is None else {"threshold": threshold}
@@ -73,12 +76,12 @@ def score_both(models: dict[str, str], pairs, threshold: float | None, repeats: 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--soft", default=str(ROOT / "data/models/bertkit-zh-csc"))
-    parser.add_argument("--plain", default=str(ROOT / "runs/gpu2/csc-plain"))
+    parser.add_argument("--plain", default=str(ROOT / "runs/ft2/csc-plain"))
     parser.add_argument("--test", default=str(modelio.shared_data() / "csc" / "sighan15_test.tsv"))
     parser.add_argument("--threshold", type=float, default=None, help="default: each model's own")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per corrector (median)")
-    parser.add_argument("--train", action="store_true", help="retrain both correctors first, on one GPU (runs/gpu2)")
+    parser.add_argument("--train", action="store_true", help="retrain an equal-steps pair first, on one GPU, and score it")
     args = parser.parse_args()
     if args.train:
         args.soft, args.plain = train_both()
