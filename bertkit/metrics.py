@@ -80,14 +80,10 @@ def csc_scores(sources: Sequence[str], targets: Sequence[str], predictions: Sequ
     changed position that is erroneous and now holds the target character.
     Sentences must keep their length (SIGHAN's substitution errors).
     """
-    _same_length(sources, targets)
-    _same_length(sources, predictions)
     changed = errors = det_right = cor_right = 0
     correct_sentences = false_alarms = 0
     c_pred = c_gold = c_det = c_cor = 0
-    for src, tgt, hyp in zip(sources, targets, predictions):
-        if not (len(src) == len(tgt) == len(hyp)):
-            raise ValueError(f"source, target and prediction differ in length: {src!r} {tgt!r} {hyp!r}")
+    for src, tgt, hyp in _aligned(sources, targets, predictions):
         gold = {i for i, (s, t) in enumerate(zip(src, tgt)) if s != t}
         pred = {i for i, (s, h) in enumerate(zip(src, hyp)) if s != h}
         changed += bool(pred)
@@ -115,13 +111,8 @@ def csc_scores(sources: Sequence[str], targets: Sequence[str], predictions: Sequ
 def correction_outcomes(sources: Sequence[str], targets: Sequence[str], predictions: Sequence[str]) -> np.ndarray:
     """Per sentence, the three counts behind sentence-level correction P/R (as in `csc_scores`):
     changed by the system, has errors, fully corrected.  Shape (sentences, 3), 0/1."""
-    _same_length(sources, targets)
-    _same_length(sources, predictions)
-    for src, tgt, hyp in zip(sources, targets, predictions):
-        if not (len(src) == len(tgt) == len(hyp)):
-            raise ValueError(f"source, target and prediction differ in length: {src!r} {tgt!r} {hyp!r}")
     return np.array([(hyp != src, tgt != src, tgt != src and hyp == tgt)
-                     for src, tgt, hyp in zip(sources, targets, predictions)], dtype=np.int64).reshape(-1, 3)
+                     for src, tgt, hyp in _aligned(sources, targets, predictions)], dtype=np.int64).reshape(-1, 3)
 
 
 def paired_bootstrap_cor_f1(a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict:
@@ -142,6 +133,17 @@ def paired_bootstrap_cor_f1(a: np.ndarray, b: np.ndarray, resamples: int = 2000,
     diff = f1s(a) - f1s(b)
     lo, hi = np.percentile(diff, [2.5, 97.5])
     return {"diff_ci95": (float(lo), float(hi)), "a_better": float((diff > 0).mean())}
+
+
+def _aligned(sources: Sequence[str], targets: Sequence[str], predictions: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(source, target, prediction) triples, each of one length (SIGHAN's substitution errors)."""
+    _same_length(sources, targets)
+    _same_length(sources, predictions)
+    triples = list(zip(sources, targets, predictions))
+    for src, tgt, hyp in triples:
+        if not (len(src) == len(tgt) == len(hyp)):
+            raise ValueError(f"source, target and prediction differ in length: {src!r} {tgt!r} {hyp!r}")
+    return triples
 
 
 def f1(p: float, r: float) -> float:
