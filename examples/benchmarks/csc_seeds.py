@@ -15,7 +15,8 @@ Soft-Masked model is ahead.  Scores are x 100.
 
 Last stdout line: {"seeds": [...], "<test>": {"soft_masked": {cor_f1, det_f1, fpr: per-seed lists},
 "plain_bert": {...}, "cor_f1_soft_minus_plain": [per seed], "cor_f1_soft_minus_plain_mean": m,
-"cor_f1_soft_minus_plain_sd": s, "soft_ahead_seeds": k}, ...}
+"cor_f1_soft_minus_plain_sd": s, "cor_f1_soft_minus_plain_ci95": [lo, hi] (t interval over the seeds,
+2 to 10 seeds), "soft_ahead_seeds": k}, ...}
 """
 
 import argparse
@@ -37,6 +38,7 @@ from bertkit.metrics import csc_scores  # noqa: E402
 
 KINDS = {"soft_masked": "soft", "plain_bert": "plain"}
 REPORTED = ("cor_f1", "det_f1", "fpr")
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t, 97.5%
 
 
 def seeds_in(runs: Path) -> list[str]:
@@ -62,6 +64,9 @@ def summarise(per_seed: dict[str, dict[str, dict]], seeds: list[str]) -> dict:
     out["cor_f1_soft_minus_plain"] = diffs
     out["cor_f1_soft_minus_plain_mean"] = round(statistics.mean(diffs), 2)
     out["cor_f1_soft_minus_plain_sd"] = round(statistics.stdev(diffs), 2) if len(diffs) > 1 else None
+    if 1 < len(diffs) <= len(T975) + 1:  # the seeds as a sample of training runs: t interval of the mean difference
+        half = T975[len(diffs) - 1] * statistics.stdev(diffs) / len(diffs) ** 0.5
+        out["cor_f1_soft_minus_plain_ci95"] = [round(statistics.mean(diffs) - half, 2), round(statistics.mean(diffs) + half, 2)]
     out["soft_ahead_seeds"] = sum(d > 0 for d in diffs)
     for name in KINDS:
         out[name]["cor_f1_mean"] = round(statistics.mean(out[name]["cor_f1"]), 2)
