@@ -51,11 +51,15 @@ def seeds_in(runs: Path) -> list[str]:
     return sorted(both, key=lambda s: (len(s), s))
 
 
-def score(model: Path, pairs) -> dict[str, float]:
+def score(model: Path, tests: dict[str, list]) -> dict[str, dict[str, float]]:
+    """One model's scores on each test set (the model loads once)."""
     corrector = Corrector.load(str(model))
-    outputs = [text for text, _ in corrector.correct([p.source for p in pairs])]
-    scores = asdict(csc_scores([p.source for p in pairs], [p.target for p in pairs], outputs))
-    return {k: round(scores[k] * 100, 2) for k in REPORTED}
+    result = {}
+    for name, pairs in tests.items():
+        outputs = [text for text, _ in corrector.correct([p.source for p in pairs])]
+        scores = asdict(csc_scores([p.source for p in pairs], [p.target for p in pairs], outputs))
+        result[name] = {k: round(scores[k] * 100, 2) for k in REPORTED}
+    return result
 
 
 def summarise(per_seed: dict[str, dict[str, dict]], seeds: list[str]) -> dict:
@@ -86,12 +90,12 @@ def main():
     if not seeds:
         sys.exit(f"no finished pairs s2-soft-SEED / s2-plain-SEED in {runs}: run examples/train_csc_control.sh first")
     tests = args.test or [str(modelio.shared_data() / "csc" / "sighan15_test.tsv")]
+    tests = {Path(test).name: read_pairs(test) for test in tests}
+    scores = {name: {s: score(runs / f"s2-{kind}-{s}", tests) for s in seeds} for name, kind in KINDS.items()}
     result = {"seeds": seeds}
     for test in tests:
-        pairs = read_pairs(test)
-        per_seed = {name: {s: score(runs / f"s2-{kind}-{s}", pairs) for s in seeds} for name, kind in KINDS.items()}
-        result[Path(test).name] = summarise(per_seed, seeds)
-        print(f"{Path(test).name}: {result[Path(test).name]}", file=sys.stderr)
+        result[test] = summarise({name: {s: scores[name][s][test] for s in seeds} for name in KINDS}, seeds)
+        print(f"{test}: {result[test]}", file=sys.stderr)
     print(json.dumps(result))
 
 
