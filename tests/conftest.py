@@ -1,19 +1,29 @@
-"""Shared fixtures: tiny random models built in the test, synthetic data, a CLI runner."""
+"""Shared fixtures: tiny random models built in the test, synthetic data, two CLI runners.
+
+``cli(...)`` runs the real entry point (``bertkit.cli.main``: parsing, error handling, exit code)
+in this process, which saves the ~4 s a new Python process spends importing torch and
+transformers; ``run_cli(...)`` runs it in a new process, for the true end-to-end runs (the
+console script, torchrun, environment variables read at import, a process killed mid-run).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 import subprocess
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from bertkit import modelio
-from bertkit.pretrain import make_tokenizer
+from bertkit.core import modelio
+from bertkit.core.vocab import make_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -78,6 +88,50 @@ def run_cli(*args: str, input: bytes | None = None, env: dict | None = None, che
     if check and proc.returncode != 0:
         raise AssertionError(f"bertkit {' '.join(args)} failed:\n{proc.stderr.decode(errors='replace')}")
     return proc
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def cli(*args: str, input: bytes = b"", check: bool = False) -> Result:
+    """Run ``bertkit ARGS`` in this process through the real entry point, stdin/stdout/stderr as bytes."""
+    from bertkit.cli import main
+
+    stdin = io.TextIOWrapper(io.BytesIO(input), encoding="utf-8")
+    out, err = io.BytesIO(), io.BytesIO()
+    stdout, stderr = (io.TextIOWrapper(b, encoding="utf-8", write_through=True) for b in (out, err))
+    code = 0
+    saved_argv = sys.argv
+    sys.argv = ["bertkit", *args]
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), _stdin(stdin):
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:  # what a process would print before dying
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = saved_argv
+        torch.set_num_threads(1)  # --threads must not leak into the next test
+    result = Result(code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"bertkit {' '.join(args)} failed:\n{result.stderr.decode(errors='replace')}")
+    return result
+
+
+@contextlib.contextmanager
+def _stdin(stream):
+    saved, sys.stdin = sys.stdin, stream
+    try:
+        yield
+    finally:
+        sys.stdin = saved
 
 
 @pytest.fixture(autouse=True)

@@ -1,23 +1,25 @@
-"""End-to-end through the real CLI: a real job, and bad input that must fail in one line."""
+"""Through the real CLI: a real job, and bad input that must fail in one line.
+
+Most run in this process (``cli``); the shipped-model job runs as a new process, as a user would."""
 
 import json
 
 import pytest
 
-from conftest import run_cli, synthetic_news, write_tsv
+from conftest import cli, run_cli, synthetic_news, write_tsv
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model, news_data):
     out = tmp_path_factory.mktemp("trained") / "clf"
     train, dev = news_data
-    run_cli("train", str(train), "--dev", str(dev), "-m", str(tiny_model), "-o", str(out),
+    cli("train", str(train), "--dev", str(dev), "-m", str(tiny_model), "-o", str(out),
             "--epochs", "6", "--batch-size", "8", "--lr", "2e-3", check=True)
     return out
 
 
 def test_train_learns_and_eval_reports_json(trained, news_data):
-    proc = run_cli("eval", str(news_data[1]), "-m", str(trained), check=True)
+    proc = cli("eval", str(news_data[1]), "-m", str(trained), check=True)
     scores = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     assert scores["n"] == 32
     assert scores["accuracy"] >= 0.9, scores
@@ -27,7 +29,7 @@ def test_train_learns_and_eval_reports_json(trained, news_data):
 def test_predict_is_line_aligned_with_blank_and_long_lines(trained):
     long_line = "球队比赛冠军" * 40  # 240 characters: beyond the tiny model's 64 positions
     text = f"股票基金银行\n\n{long_line}\n进球教练\n"
-    proc = run_cli("predict", "-", "-m", str(trained), input=text.encode(), check=True)
+    proc = cli("predict", "-", "-m", str(trained), input=text.encode(), check=True)
     lines = proc.stdout.decode().splitlines()
     assert len(lines) == 4
     records = [json.loads(l) for l in lines]
@@ -40,7 +42,7 @@ def test_predict_to_file(trained, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("股票基金\n球队比赛\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    proc = run_cli("predict", str(src), "-m", str(trained), "-o", str(out), check=True)
+    proc = cli("predict", str(src), "-m", str(trained), "-o", str(out), check=True)
     assert proc.stdout == b""
     assert len(out.read_text().splitlines()) == 2
 
@@ -61,49 +63,47 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model, news_data):
 
     empty = tmp_path / "empty.tsv"
     empty.write_bytes(b"")
-    _assert_one_line_error(run_cli("train", str(empty), *base), "empty")
+    _assert_one_line_error(cli("train", str(empty), *base), "empty")
 
     blank = tmp_path / "blank.tsv"
     blank.write_text("label\ttext\nsports\t球队\n\nfinance\t股票\n", encoding="utf-8")
-    _assert_one_line_error(run_cli("train", str(blank), *base), "blank.tsv:3", "blank line")
+    _assert_one_line_error(cli("train", str(blank), *base), "blank.tsv:3", "blank line")
 
     bad_utf8 = tmp_path / "bad.tsv"
     bad_utf8.write_bytes("label\ttext\nsports\t球队\n".encode() + b"finance\t\xe8\xff\n")
-    _assert_one_line_error(run_cli("train", str(bad_utf8), *base), "bad.tsv:3", "invalid UTF-8")
+    _assert_one_line_error(cli("train", str(bad_utf8), *base), "bad.tsv:3", "invalid UTF-8")
 
     binary = tmp_path / "data.tsv"
     binary.write_bytes(bytes(range(256)) * 4)
-    _assert_one_line_error(run_cli("train", str(binary), *base), "binary")
+    _assert_one_line_error(cli("train", str(binary), *base), "binary")
 
-    _assert_one_line_error(run_cli("predict", str(train), "-m", str(tiny_model)), "not a fine-tuned classifier")
-    _assert_one_line_error(run_cli("train", str(train), *base, "--batch-size", "0"), "--batch-size")
+    _assert_one_line_error(cli("predict", str(train), "-m", str(tiny_model)), "not a fine-tuned classifier")
+    _assert_one_line_error(cli("train", str(train), *base, "--batch-size", "0"), "--batch-size")
 
-    _assert_one_line_error(run_cli("train", str(train), "-m", str(tmp_path / "no-model"), "-o", str(tmp_path / "x")),
+    _assert_one_line_error(cli("train", str(train), "-m", str(tmp_path / "no-model"), "-o", str(tmp_path / "x")),
                            "does not exist")
 
     unseen = write_tsv(tmp_path / "dev_unseen.tsv", synthetic_news(4, 3) + [("weather", "的了在是")])
-    _assert_one_line_error(run_cli("train", str(train), "--dev", str(unseen), *base), "weather", "dev_unseen.tsv:6")
+    _assert_one_line_error(cli("train", str(train), "--dev", str(unseen), *base), "weather", "dev_unseen.tsv:6")
 
     header_only = write_tsv(tmp_path / "header.tsv", [])
-    _assert_one_line_error(run_cli("train", str(header_only), *base), "no examples")
+    _assert_one_line_error(cli("train", str(header_only), *base), "no examples")
 
     one_label = write_tsv(tmp_path / "one.tsv", [("sports", "球队")] * 10)
-    _assert_one_line_error(run_cli("train", str(one_label), *base), "only one label")
+    _assert_one_line_error(cli("train", str(one_label), *base), "only one label")
 
 
 def test_help_lists_only_working_commands():
-    proc = run_cli("--help", check=True)
+    proc = cli("--help", check=True)
     listed = {line.split()[1] for line in proc.stdout.decode().splitlines() if line.startswith("│ ") and len(line.split()) > 2}
     assert {"pretrain", "train", "predict", "eval", "embed"} <= listed
     for command in listed & {"pretrain", "train", "predict", "eval", "embed"}:
-        assert run_cli(command, "--help").returncode == 0
+        assert cli(command, "--help").returncode == 0
 
 
 def test_shipped_default_model_fine_tunes_and_predicts(tmp_path):
-    from bertkit.modelio import DEFAULT_MODEL, models_root
+    from bertkit.core.modelio import models_root
 
-    if not (models_root() / DEFAULT_MODEL / "model.safetensors").exists():
-        pytest.skip("the shipped model is not in data/models")
     demo = models_root().parent / "demo"
     out = tmp_path / "news"
     run_cli("train", str(demo / "news_train.tsv"), "-o", str(out), "--max-steps", "3", "--batch-size", "8", check=True)

@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import BertForMaskedLM
 
-from bertkit import modelio
-from bertkit.confusion import ConfusionSets, Corruptor, fuzzy_pinyin, is_chinese
-from bertkit.correct import CharVocab, Corrector, SoftMaskedBert, pad_ids, read_pairs, windows
+from bertkit.core import modelio
+from bertkit.correct.confusion import ConfusionSets, Corruptor, fuzzy_pinyin, is_chinese
+from bertkit.correct.data import CharVocab, pad_ids, read_correction_pairs, windows
+from bertkit.correct.model import SoftMaskedBert
+from bertkit.correct.runner import Corrector
 
-from conftest import run_cli
+from conftest import cli, run_cli
 
 
 @pytest.fixture()
@@ -118,6 +120,12 @@ def test_save_and_load_roundtrip(soft, tmp_path):
     weights = load_file(str(tmp_path / "c" / "detector.safetensors"))
     save_file({k: v for k, v in weights.items() if k != "residual_scale"}, str(tmp_path / "c" / "detector.safetensors"))
     assert SoftMaskedBert.load(str(tmp_path / "c")).residual_scale.item() == 1.0
+    # a directory written before bertkit.json: corrector.json holds the settings
+    manifest = json.loads((tmp_path / "c" / "bertkit.json").read_text())
+    (tmp_path / "c" / "corrector.json").write_text(json.dumps(manifest["config"]))
+    (tmp_path / "c" / "bertkit.json").unlink()
+    legacy = SoftMaskedBert.load(str(tmp_path / "c"))
+    assert legacy.kind == "soft-masked" and legacy.residual_scale.item() == 1.0
     # the BERT part is a plain transformers directory
     assert BertForMaskedLM.from_pretrained(tmp_path / "c").config.hidden_size == 32
 
@@ -220,7 +228,7 @@ def test_pinyin_confusion_groups_homophones(tiny_model):
 def test_read_pairs_rejects_length_change(tmp_path):
     (tmp_path / "bad.tsv").write_text("我爱北经\t我爱北京啊\n", encoding="utf-8")
     with pytest.raises(Exception, match="differ in length"):
-        read_pairs(str(tmp_path / "bad.tsv"))
+        read_correction_pairs(str(tmp_path / "bad.tsv"))
 
 
 def test_cli_train_correct_and_eval(tiny_model, tmp_path):
@@ -229,33 +237,35 @@ def test_cli_train_correct_and_eval(tiny_model, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("球队比赛冠军进球。我爱北京天安门。\n" * 20, encoding="utf-8")
     out = tmp_path / "csc"
-    run_cli("train", "--task", "correct", str(pairs), "--synthetic", str(corpus), "--dev", str(pairs), "-m", str(tiny_model),
+    cli("train", "--task", "correct", str(pairs), "--synthetic", str(corpus), "--dev", str(pairs), "-m", str(tiny_model),
             "-o", str(out), "--max-steps", "3", "--batch-size", "8", "--max-length", "32", "--detector-lr", "5", "--residual-init", "0", check=True)
     assert json.loads((out / "trainer_state.json").read_text())["config"]["lr_scale"] == {"detector": 5.0, "residual_scale": 5.0}
-    meta = json.loads((out / "corrector.json").read_text())
+    manifest = json.loads((out / "bertkit.json").read_text())
+    meta = manifest["config"]
+    assert manifest["kind"] == "corrector" and manifest["parts"] == {"detector": "detector.safetensors"}
     assert meta["kind"] == "soft-masked" and 0.05 <= meta["threshold"] <= 0.95  # tuned on dev
     assert (out / "confusion.tsv").exists()
-    scores = json.loads(run_cli("correct", "--eval", str(pairs), "-m", str(out), check=True).stdout)
+    scores = json.loads(cli("correct", "--eval", str(pairs), "-m", str(out), check=True).stdout)
     assert {"det_f1", "cor_f1", "fpr", "char_cor_f1"} <= set(scores) and scores["n"] == 16
     assert scores["candidates"] == "confusion"
-    (out / "corrector.json").write_text(json.dumps(meta | {"threshold": 0.77}))
-    tuned = json.loads(run_cli("correct", "--eval", str(pairs), "-m", str(out), "--tune", check=True).stdout)
-    assert json.loads((out / "corrector.json").read_text())["threshold"] == tuned["threshold"] != 0.77
+    (out / "bertkit.json").write_text(json.dumps(manifest | {"config": meta | {"threshold": 0.77}}))
+    tuned = json.loads(cli("correct", "--eval", str(pairs), "-m", str(out), "--tune", check=True).stdout)
+    assert json.loads((out / "bertkit.json").read_text())["config"]["threshold"] == tuned["threshold"] != 0.77
     text = "我爱北经\n\nhello\n".encode()
-    plain = run_cli("correct", "-", "-m", str(out), input=text, check=True).stdout.decode().split("\n")
+    plain = cli("correct", "-", "-m", str(out), input=text, check=True).stdout.decode().split("\n")
     assert len(plain) == 4 and plain[1:] == ["", "hello", ""]
-    details = [json.loads(l) for l in run_cli("correct", "-", "-m", str(out), "--details", input=text, check=True).stdout.splitlines()]
+    details = [json.loads(l) for l in cli("correct", "-", "-m", str(out), "--details", input=text, check=True).stdout.splitlines()]
     assert [d["text"] for d in details][1:] == ["", "hello"] and all(isinstance(d["changes"], list) for d in details)
 
 
 def test_cli_correct_bad_input(soft, tiny_model, tmp_path):
-    bad = run_cli("correct", "-", "-m", str(tiny_model), input="我爱北京\n".encode())
+    bad = cli("correct", "-", "-m", str(tiny_model), input="我爱北京\n".encode())
     assert bad.returncode == 1 and b"not a spelling corrector" in bad.stderr and b"Traceback" not in bad.stderr
     model, tok = soft
     model.save(tmp_path / "csc", tok)
     utf = tmp_path / "bad.txt"
     utf.write_bytes("我爱北京\n".encode() + b"\xff\xfe\n")
-    proc = run_cli("correct", str(utf), "-m", str(tmp_path / "csc"))
+    proc = cli("correct", str(utf), "-m", str(tmp_path / "csc"))
     assert proc.returncode == 1 and b"Traceback" not in proc.stderr
     assert [l for l in proc.stderr.splitlines() if l.startswith(b"error:")] == [proc.stderr.strip().splitlines()[-1]]
     assert b"invalid UTF-8" in proc.stderr.strip().splitlines()[-1]
@@ -278,7 +288,7 @@ def test_shipped_corrector_end_to_end(tmp_path):
         assert len(before) == len(after)
         assert all(a == b or (is_chinese(a) and is_chinese(b)) for a, b in zip(before, after))
     assert out[len(typos) + 1] == messy[1] and out[len(typos)] == ""
-    details = run_cli("correct", str(src), "--details", check=True, timeout=600).stdout.decode("utf-8").splitlines()
+    details = cli("correct", str(src), "--details", check=True).stdout.decode("utf-8").splitlines()
     for before, after, record in zip(typos + messy, out, map(json.loads, details)):
         assert record["text"] == after
         for change in record["changes"]:
@@ -286,7 +296,7 @@ def test_shipped_corrector_end_to_end(tmp_path):
 
 
 def test_training_goes_on_from_a_saved_corrector_with_its_detector(soft, tiny_model, tmp_path):
-    from bertkit.correct import _initial_corrector
+    from bertkit.correct.task import _initial_corrector
 
     model, tok = soft
     with torch.no_grad():
@@ -301,7 +311,8 @@ def test_training_goes_on_from_a_saved_corrector_with_its_detector(soft, tiny_mo
 
 
 def test_new_detector_starts_at_the_data_error_rate(tiny_model):
-    from bertkit.correct import Pair, _initial_corrector, error_rate
+    from bertkit.correct.data import Pair, error_rate
+    from bertkit.correct.task import _initial_corrector
 
     tok = modelio.load_tokenizer(str(tiny_model))
     # 1 wrong of 4 characters in the pair; 15% of the 4 Chinese of the 6 in the synthetic line

@@ -5,14 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from bertkit.embed import Embedder, PoolingSpec, Whitening, parse_pooling, pool_windows, save_pipeline
-from bertkit.errors import BertkitError
-from conftest import MONEY, SPORT, run_cli
+from bertkit.embed.model import PoolingSpec, Whitening, parse_pooling, pool_windows
+from bertkit.embed.pipeline import save_pipeline
+from bertkit.embed.runner import Embedder
+from bertkit.core.errors import BertkitError
+from conftest import MONEY, SPORT, cli
 
 
 @pytest.fixture(scope="module")
 def embedder(tiny_model):
-    return Embedder(str(tiny_model), batch_size=8)
+    return Embedder.load(str(tiny_model), batch_size=8)
 
 
 def test_poolings_by_hand():
@@ -79,16 +81,44 @@ def test_saved_pipeline_loads_in_sentence_transformers(tmp_path, embedder):
     spec = PoolingSpec("first-last-avg", whiten=True, keep=16)
     vectors = torch.stack([v["first-last-avg"] for v in embedder.embed_many(texts, ["first-last-avg"])]).numpy()
     whitening = Whitening.fit(vectors, 16)
-    save_pipeline(embedder, spec, whitening, tmp_path / "st")
+    save_pipeline(embedder.model, embedder.tokenizer, embedder.encoder.max_length, spec, whitening, tmp_path / "st")
     model = st.SentenceTransformer(str(tmp_path / "st"), device="cpu")
     theirs = model.encode(texts[:5], convert_to_numpy=True)
-    reloaded = Embedder(str(tmp_path / "st"))
+    reloaded = Embedder.load(str(tmp_path / "st"))
     assert reloaded.saved_spec == spec
     ours = torch.stack(list(reloaded.embed(texts[:5], spec))).numpy()
     assert theirs.shape == (5, 16)
     np.testing.assert_allclose(theirs, ours, rtol=1e-3, atol=1e-4)
 
 
+def test_a_stream_is_embedded_one_window_at_a_time(embedder):
+    """Memory stays flat on any input size: embed() reads at most one window of texts (4096) ahead
+    of what it has yielded, and keeps no vector it has yielded."""
+    import gc
+    import weakref
+
+    pulled = 0
+
+    def stream(n):
+        nonlocal pulled
+        for i in range(n):
+            pulled += 1
+            yield "球队比赛" if i % 2 else "股票基金"
+
+    fast = Embedder.load(str(embedder.path), batch_size=512)
+    first = []
+    for k, vector in enumerate(fast.embed(stream(10_000), PoolingSpec("mean")), 1):
+        assert pulled - k < 4096, f"read {pulled} texts to yield {k}"
+        if k <= 3:
+            first.append(weakref.ref(vector))
+        if k == 5000:  # into the second window: the first window's vectors are gone
+            del vector
+            gc.collect()
+            assert all(ref() is None for ref in first)
+    assert k == pulled == 10_000
+
+
+@pytest.mark.slow
 def test_memory_stays_flat_over_a_long_stream(embedder):
     def stream(n):
         for i in range(n):
@@ -97,7 +127,7 @@ def test_memory_stays_flat_over_a_long_stream(embedder):
     def rss_mib():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    fast = Embedder(str(embedder.path), batch_size=512)
+    fast = Embedder.load(str(embedder.path), batch_size=512)
     count = 0
     for _ in fast.embed(stream(20_000), PoolingSpec("mean")):  # warm up allocators and caches
         count += 1
@@ -110,27 +140,27 @@ def test_memory_stays_flat_over_a_long_stream(embedder):
 
 def test_cli_embed_outputs_and_errors(tmp_path, tiny_model):
     text = "球队比赛\n\n股票基金\n"
-    proc = run_cli("embed", "-", "-m", str(tiny_model), "--pooling", "max", input=text.encode(), check=True)
+    proc = cli("embed", "-", "-m", str(tiny_model), "--pooling", "max", input=text.encode(), check=True)
     rows = proc.stdout.decode().splitlines()
     assert len(rows) == 3 and all(len(r.split("\t")) == 32 for r in rows)
     out = tmp_path / "e.npy"
-    run_cli("embed", "-", "-m", str(tiny_model), "-o", str(out), "--normalize", "--precision", "int8",
+    cli("embed", "-", "-m", str(tiny_model), "-o", str(out), "--normalize", "--precision", "int8",
             input=text.encode(), check=True)
     array = np.load(out)
     assert array.shape == (3, 32) and array.dtype == np.int8
     jl = tmp_path / "e.jsonl"
-    run_cli("embed", "-", "-m", str(tiny_model), "-o", str(jl), "--precision", "binary", input=text.encode(), check=True)
+    cli("embed", "-", "-m", str(tiny_model), "-o", str(jl), "--precision", "binary", input=text.encode(), check=True)
     assert [len(json.loads(l)) for l in jl.read_text().splitlines()] == [4, 4, 4]
     for args, fragment in [
         (["--pooling", "avg"], "unknown pooling"),
         (["--pooling", "whitening"], "needs a fitted transform"),
         (["--precision", "int8"], "needs --normalize"),
     ]:
-        bad = run_cli("embed", "-", "-m", str(tiny_model), *args, input=text.encode())
+        bad = cli("embed", "-", "-m", str(tiny_model), *args, input=text.encode())
         assert bad.returncode == 1 and fragment in bad.stderr.decode() and "Traceback" not in bad.stderr.decode()
     few = tmp_path / "few.txt"
     few.write_text("球队\n股票\n" * 5, encoding="utf-8")  # 10 sentences, 32 dimensions
-    bad = run_cli("embed", "--fit", str(few), "-m", str(tiny_model), "--pooling", "whitening", "-o", str(tmp_path / "w"))
+    bad = cli("embed", "--fit", str(few), "-m", str(tiny_model), "--pooling", "whitening", "-o", str(tmp_path / "w"))
     assert bad.returncode == 1 and "more sentences than dimensions" in bad.stderr.decode()
-    bad = run_cli("embed", "-", "-m", str(tiny_model), input=b"ok\n\xff\xfe\n")
+    bad = cli("embed", "-", "-m", str(tiny_model), input=b"ok\n\xff\xfe\n")
     assert bad.returncode == 1 and "<stdin>:2: invalid UTF-8" in bad.stderr.decode()

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from bertkit.embed import Embedder, FlowTransform, PoolingSpec, save_pipeline
-from bertkit.flow import Glow, SentenceFlow
+from bertkit.embed.model import PoolingSpec
+from bertkit.embed.pipeline import save_pipeline
+from bertkit.embed.runner import Embedder
+from bertkit.embed.task import fit_flow
+from bertkit.embed.flow import Glow, SentenceFlow
 from conftest import MONEY, SPORT
 
 
@@ -29,7 +32,7 @@ def test_fitted_flow_gaussianises_correlated_vectors(tmp_path):
     torch.manual_seed(0)
     mixing = torch.randn(8, 8)
     x = torch.randn(2048, 8) @ mixing + 5.0
-    transform = FlowTransform.fit(x, tmp_path / "flow", epochs=3)
+    transform = fit_flow(x, tmp_path / "flow", epochs=3)
     z = transform.apply(x)
     assert z.mean(0).abs().max() < 0.2
     cov = torch.cov(z.T)
@@ -39,18 +42,18 @@ def test_fitted_flow_gaussianises_correlated_vectors(tmp_path):
 
 def test_flow_pipeline_round_trips_and_loads_in_sentence_transformers(tmp_path, tiny_model):
     st = pytest.importorskip("sentence_transformers")
-    embedder = Embedder(str(tiny_model))
+    embedder = Embedder.load(str(tiny_model))
     rng = np.random.default_rng(0)
     texts = ["".join(rng.choice(list(SPORT + MONEY), size=rng.integers(4, 15))) for _ in range(200)]
     spec = PoolingSpec("mean", flow=True)
     vectors = torch.stack([v["mean"] for v in embedder.embed_many(texts, ["mean"])])
-    save_pipeline(embedder, spec, FlowTransform.fit(vectors, tmp_path / "work", epochs=1), tmp_path / "m")
-    reloaded = Embedder(str(tmp_path / "m"))
+    save_pipeline(embedder.model, embedder.tokenizer, embedder.encoder.max_length, spec, fit_flow(vectors, tmp_path / "work", epochs=1), tmp_path / "m")
+    reloaded = Embedder.load(str(tmp_path / "m"))
     ours = torch.stack(list(reloaded.embed(texts[:4], spec))).numpy()
     # sentence-transformers imports a class from outside its package only when trusted; here the
     # saved modules are assembled by hand, which is what that import would do
     modules = json.loads((tmp_path / "m" / "modules.json").read_text())
-    assert modules[-1] == {"idx": 2, "name": "2", "path": "2_SentenceFlow", "type": "bertkit.flow.SentenceFlow"}
+    assert modules[-1] == {"idx": 2, "name": "2", "path": "2_SentenceFlow", "type": "bertkit.embed.flow.SentenceFlow"}
     from sentence_transformers.models import Pooling, Transformer
 
     model = st.SentenceTransformer(device="cpu", modules=[

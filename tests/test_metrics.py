@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from bertkit.metrics import (accuracy, correction_outcomes, csc_scores, macro_f1, paired_bootstrap_cor_f1, rank,
+from bertkit.core.metrics import (accuracy, correction_outcomes, csc_scores, macro_f1, paired_bootstrap_cor_f1, rank,
                              spearman)
 
 

@@ -1,11 +1,12 @@
+import json
 import shutil
 
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from bertkit import modelio
-from bertkit.errors import BertkitError
+from bertkit.core import modelio
+from bertkit.core.errors import BertkitError
 
 
 def test_saved_model_loads_in_transformers(tiny_model):
@@ -62,3 +63,67 @@ def test_save_fp16_halves_weights(tmp_path, tiny_model):
     modelio.save_pretrained(model, None, tmp_path / "half", dtype=torch.float16)
     assert AutoModel.from_pretrained(tmp_path / "half").dtype == torch.float16
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
+
+
+def test_manifest_round_trips_and_reads_older_directories(tmp_path, tiny_model):
+    manifest = modelio.Manifest("corrector", parts={"detector": "detector.safetensors"}, config={"threshold": 0.4})
+    manifest.save(tmp_path)
+    assert modelio.Manifest.read(tmp_path) == manifest
+    # no bertkit.json: the kind comes from the files earlier versions wrote, or from config.json
+    assert modelio.Manifest.read(tiny_model).kind == "masked-lm"
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "bertkit_pooling.json").write_text('{"pooling": "whitening", "base_pooling": "mean"}')
+    assert modelio.Manifest.read(legacy) == modelio.Manifest("sentence-embedding", config={"pooling": "whitening", "base_pooling": "mean"})
+    (tmp_path / "bertkit.json").write_text("{broken")
+    with pytest.raises(BertkitError, match="corrupt"):
+        modelio.Manifest.read(tmp_path)
+
+
+def test_parts_save_and_load_symmetrically(tmp_path):
+    from torch import nn
+
+    def model(seed):
+        torch.manual_seed(seed)
+        return nn.ModuleDict({"encoder": nn.Linear(3, 3), "head": nn.Linear(3, 2)})
+
+    source, target = model(0), model(1)
+    manifest = modelio.Manifest("encoder")
+    modelio.save_part(source, tmp_path, manifest, "head", prefix="head")
+    assert manifest.parts == {"head": "head.safetensors"}
+    modelio.load_part(target, tmp_path, manifest, "head", prefix="head")
+    assert torch.equal(target["head"].weight, source["head"].weight)
+    assert not torch.equal(target["encoder"].weight, source["encoder"].weight)  # only the part
+    with pytest.raises(BertkitError, match="cannot load the head"):
+        modelio.load_part(target, tmp_path, manifest, "head", prefix=("head", "encoder"))  # encoder missing
+    with pytest.raises(BertkitError, match="names no part"):
+        modelio.load_part(target, tmp_path, manifest, "flow", prefix="flow")
+
+
+def test_an_architecture_transformers_does_not_know_loads_through_bertkit_only(tmp_path, tiny_model):
+    """A model_type transformers lacks is refused, unless the manifest names an architecture built
+    into bertkit: then bertkit's own builder makes it, and no code comes from the directory."""
+    custom = tmp_path / "custom"
+    shutil.copytree(tiny_model, custom)
+    config = json.loads((custom / "config.json").read_text())
+    (custom / "config.json").write_text(json.dumps(config | {"model_type": "bertkit-test-lattice"}))
+    with pytest.raises(BertkitError, match="needs custom code"):
+        modelio.resolve_model(str(custom))
+    modelio.Manifest("encoder", architecture="bertkit-test-lattice").save(custom)
+    with pytest.raises(BertkitError, match="not one this version of bertkit builds"):
+        modelio.resolve_model(str(custom))
+    built = []
+
+    @modelio.register_architecture("bertkit-test-lattice")
+    def build(directory, cls, **kwargs):
+        built.append(directory)
+        return "a lattice model"
+
+    try:
+        path = modelio.resolve_model(str(custom))
+        assert modelio.load_model(path, AutoModel) == "a lattice model" and built == [custom]
+        (custom / "config.json").write_text(json.dumps(config | {"auto_map": {"AutoModel": "evil.Model"}}))
+        with pytest.raises(BertkitError, match="custom code"):  # auto_map stays refused
+            modelio.resolve_model(str(custom))
+    finally:
+        del modelio.ARCHITECTURES["bertkit-test-lattice"]

@@ -5,11 +5,11 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from bertkit.pretrain import (
-    MaskedLMPretrainer, Sequence_, WholeWordMasker, collate_mlm, make_tokenizer, new_bert, ModelShape,
-    pack, prune_vocab, segment_line, shrink_embeddings,
-)
-from conftest import run_cli, tiny_vocab
+from bertkit.core.vocab import make_tokenizer, shrink_embeddings
+from bertkit.pretrain.data import PackedSequence, WholeWordMasker, collate_mlm, pack, segment_line
+from bertkit.pretrain.data import prune_corpus_vocab as prune_vocab
+from bertkit.pretrain.model import MaskedLMPretrainer, ModelShape, new_bert
+from conftest import cli, tiny_vocab
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def test_whole_word_masking_rates(tokenizer):
     masker = WholeWordMasker(tokenizer, rate=0.15)
     rng = random.Random(0)
     # words of length 2: a chosen position's partner must be chosen too
-    seq = Sequence_(ids=list(range(10, 50)), word_start=[i % 2 == 0 for i in range(40)])
+    seq = PackedSequence(ids=list(range(10, 50)), word_start=[i % 2 == 0 for i in range(40)])
     outcomes = Counter()
     for _ in range(2000):
         ids, chosen, originals = masker(seq, rng)
@@ -45,7 +45,7 @@ def test_whole_word_masking_rates(tokenizer):
 
 def test_masked_head_equals_full_head(tokenizer):
     mlm = new_bert(len(tokenizer), ModelShape(hidden=32, layers=2, heads=2, max_position=64), seed=0).eval()
-    seqs = [Sequence_(*segment_line(t, tokenizer)) for t in ["我爱北京天安门", "球队比赛冠军进球", "股票基金"]]
+    seqs = [PackedSequence(*segment_line(t, tokenizer)) for t in ["我爱北京天安门", "球队比赛冠军进球", "股票基金"]]
     batch = collate_mlm(seqs, WholeWordMasker(tokenizer), tokenizer, torch.Generator().manual_seed(0))
     masked = MaskedLMPretrainer(mlm, "masked")(**batch)
     full = MaskedLMPretrainer(mlm, "all")(**batch)
@@ -66,7 +66,7 @@ def test_pack_respects_length_and_keeps_every_token():
 
 
 def test_prune_vocab_and_shrink_embeddings(tokenizer):
-    seqs = [Sequence_(*segment_line("我爱北京", tokenizer))]
+    seqs = [PackedSequence(*segment_line("我爱北京", tokenizer))]
     old_ids = list(seqs[0].ids)
     mlm = new_bert(len(tokenizer), ModelShape(hidden=32, layers=1, heads=2, max_position=64), seed=0)
     old_rows = mlm.get_input_embeddings().weight[old_ids].detach().clone()
@@ -83,7 +83,7 @@ def test_pruned_tokenizer_keeps_the_original_settings():
     from transformers import BertTokenizer
 
     cased = BertTokenizer(vocab=tiny_vocab() | {"A": len(tiny_vocab())}, do_lower_case=False)
-    seqs = [Sequence_(*segment_line("A我爱", cased))]
+    seqs = [PackedSequence(*segment_line("A我爱", cased))]
     new_tok, _ = prune_vocab(seqs, cased)
     assert new_tok.init_kwargs["do_lower_case"] is False
     assert new_tok.tokenize("A我") == ["A", "我"]
@@ -95,7 +95,7 @@ def test_pretrain_cli_end_to_end(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(tiny_vocab()) + "\n", encoding="utf-8")
     out = tmp_path / "pt"
-    run_cli("pretrain", str(corpus), "-o", str(out), "--vocab", str(vocab), "--prune-vocab", "--hidden", "32",
+    cli("pretrain", str(corpus), "-o", str(out), "--vocab", str(vocab), "--prune-vocab", "--hidden", "32",
             "--layers", "1", "--heads", "2", "--max-length", "32", "--batch-size", "4", "--max-steps", "4",
             "--dev-fraction", "0.2", "--save-fp16", "--recompute", "full", check=True)
     model = AutoModelForMaskedLM.from_pretrained(out)

@@ -2,8 +2,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from bertkit.errors import BertkitError
-from bertkit.recompute import POLICIES, StepProfile, apply_recompute, choose, parse_size, plan, profile_policies
+from bertkit.core.errors import BertkitError
+from bertkit.training.recompute import POLICIES, StepProfile, apply_recompute, choose, parse_size, plan, profile_policies
 
 
 def tiny_classifier(layers=4, seed=0):
@@ -112,17 +112,46 @@ def test_parse_size():
 
 
 def test_cli_auto_prints_table_and_trains(tmp_path, tiny_model, news_data):
-    from conftest import run_cli
+    from conftest import cli
 
     train, dev = map(str, news_data)
     args = ["train", train, "-m", str(tiny_model), "--max-steps", "2", "--batch-size", "8", "--recompute", "auto"]
-    proc = run_cli(*args, "--max-memory", "1G", "-o", str(tmp_path / "a"), check=True)
+    proc = cli(*args, "--max-memory", "1G", "-o", str(tmp_path / "a"), check=True)
     err = proc.stderr.decode()
     assert "recompute policies" in err and "activation recomputation:" in err and "USDT" not in err
     assert (tmp_path / "a" / "model.safetensors").exists()
-    tight = run_cli(*args, "--max-memory", "2K", "-o", str(tmp_path / "b"))
+    tight = cli(*args, "--max-memory", "2K", "-o", str(tmp_path / "b"))
     assert tight.returncode == 1 and "no recompute policy fits" in tight.stderr.decode()
     assert "Traceback" not in tight.stderr.decode()
-    found = run_cli("train", train, "-m", str(tiny_model), "--max-steps", "1", "--recompute", "full",
+    found = cli("train", train, "-m", str(tiny_model), "--max-steps", "1", "--recompute", "full",
                     "--find-batch-size", "--max-memory", "300K", "-o", str(tmp_path / "c"), check=True)
     assert "--find-batch-size:" in found.stderr.decode()
+
+
+@pytest.mark.parametrize("policy", [p for p in POLICIES if p != "none"])
+def test_per_layer_outputs_equal_with_recompute(policy, batch):
+    """Every layer's hidden states, first-last-avg embeddings and the gradients through a loss on
+    all of them are the same with and without recomputation (early-exit students and the layer
+    poolings read them)."""
+    from bertkit.embed.model import pool_windows
+
+    def run(model, seed=5):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)  # the same dropout masks
+        out = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        assert out.hidden_states is not None and len(out.hidden_states) == model.config.num_hidden_layers + 1
+        sum(h.pow(2).mean() * (i + 1) for i, h in enumerate(out.hidden_states)).backward()
+        pooled = pool_windows(out.hidden_states, batch["attention_mask"], "first-last-avg")
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return [h.detach() for h in out.hidden_states], pooled.detach(), grads
+
+    model = tiny_classifier()
+    states, pooled, grads = run(model)
+    apply_recompute(model, policy, k=2)
+    states_r, pooled_r, grads_r = run(model)
+    for i, (a, b) in enumerate(zip(states, states_r)):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=f"layer {i}")
+    torch.testing.assert_close(pooled_r, pooled, rtol=0, atol=0)
+    assert grads.keys() == grads_r.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_r[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)

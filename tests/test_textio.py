@@ -1,7 +1,7 @@
 import pytest
 
-from bertkit.errors import BertkitError
-from bertkit.textio import map_in_order, output_stream, read_lines, read_records
+from bertkit.core.errors import BertkitError
+from bertkit.core.textio import map_in_order, output_stream, read_lines, read_records
 
 
 def test_invalid_utf8_reports_line(tmp_path):

@@ -31,9 +31,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bertkit import modelio  # noqa: E402
-from bertkit.correct import Corrector, read_pairs  # noqa: E402
-from bertkit.metrics import correction_outcomes, csc_scores, paired_bootstrap_cor_f1  # noqa: E402
+from bertkit.core import modelio  # noqa: E402
+from bertkit.correct.data import read_correction_pairs  # noqa: E402
+from bertkit.correct.runner import Corrector  # noqa: E402
+from bertkit.core.metrics import correction_outcomes, csc_scores, paired_bootstrap_cor_f1  # noqa: E402
 
 
 def train_both() -> tuple[str, str]:
@@ -86,7 +87,7 @@ def main():
     if args.train:
         args.soft, args.plain = train_both()
     torch.set_num_threads(args.threads)
-    pairs = read_pairs(args.test)
+    pairs = read_correction_pairs(args.test)
     result, outputs = score_both({"soft_masked": args.soft, "plain_bert": args.plain}, pairs, args.threshold, args.repeats)
     sources, targets = [p.source for p in pairs], [p.target for p in pairs]
     soft, plain = (correction_outcomes(sources, targets, outputs[k]) for k in ("soft_masked", "plain_bert"))

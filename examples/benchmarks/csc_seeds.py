@@ -24,7 +24,6 @@ import json
 import re
 import statistics
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -32,9 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bertkit import modelio  # noqa: E402
-from bertkit.correct import Corrector, read_pairs  # noqa: E402
-from bertkit.metrics import csc_scores  # noqa: E402
+from bertkit.core import modelio  # noqa: E402
+from bertkit.correct.data import read_correction_pairs  # noqa: E402
+from bertkit.correct.runner import Corrector  # noqa: E402
 
 KINDS = {"soft_masked": "soft", "plain_bert": "plain"}
 REPORTED = ("cor_f1", "det_f1", "fpr")
@@ -44,7 +43,7 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 def seeds_in(runs: Path) -> list[str]:
     """Seeds with a finished model of both kinds (a pair missing one kind is left out, and said so)."""
     found = {kind: {m.group(1) for p in runs.glob(f"s2-{kind}-*") if (m := re.fullmatch(rf"s2-{kind}-(\w+)", p.name))
-                    and (p / "corrector.json").is_file()} for kind in KINDS.values()}
+                    and modelio.Manifest.read(p).kind == "corrector"} for kind in KINDS.values()}
     both = found["soft"] & found["plain"]
     for seed in sorted((found["soft"] | found["plain"]) - both):
         print(f"seed {seed}: only one kind finished, left out", file=sys.stderr)
@@ -56,8 +55,7 @@ def score(model: Path, tests: dict[str, list]) -> dict[str, dict[str, float]]:
     corrector = Corrector.load(str(model))
     result = {}
     for name, pairs in tests.items():
-        outputs = [text for text, _ in corrector.correct([p.source for p in pairs])]
-        scores = asdict(csc_scores([p.source for p in pairs], [p.target for p in pairs], outputs))
+        scores = corrector.evaluate(pairs)
         result[name] = {k: round(scores[k] * 100, 2) for k in REPORTED}
     return result
 
@@ -90,7 +88,7 @@ def main():
     if not seeds:
         sys.exit(f"no finished pairs s2-soft-SEED / s2-plain-SEED in {runs}: run examples/train_csc_control.sh first")
     tests = args.test or [str(modelio.shared_data() / "csc" / "sighan15_test.tsv")]
-    tests = {Path(test).name: read_pairs(test) for test in tests}
+    tests = {Path(test).name: read_correction_pairs(test) for test in tests}
     scores = {name: {s: score(runs / f"s2-{kind}-{s}", tests) for s in seeds} for name, kind in KINDS.items()}
     result = {"seeds": seeds}
     for test in tests:

@@ -20,8 +20,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bertkit import modelio  # noqa: E402
-from bertkit.embed import Embedder, PoolingSpec  # noqa: E402
+from bertkit.core import modelio  # noqa: E402
+from bertkit.embed.model import PoolingSpec  # noqa: E402
+from bertkit.embed.runner import Embedder  # noqa: E402
 
 
 def sentences(n: int) -> list[str]:
@@ -53,7 +54,7 @@ def main():
     pool = sentences(3 * args.n)
     lengths = st.tokenizer(pool, add_special_tokens=True)["input_ids"]
     texts = [t for t, ids in zip(pool, lengths) if len(ids) <= st.max_seq_length][: args.n]
-    ours = Embedder(model_dir, max_length=st.max_seq_length, batch_size=args.batch_size, compute=args.compute)
+    ours = Embedder.load(model_dir, max_length=st.max_seq_length, batch_size=args.batch_size, compute=args.compute)
     spec = PoolingSpec("mean")
     # warm-up both on the same few sentences
     st.encode(texts[:256], batch_size=32)

@@ -23,8 +23,9 @@ from transformers import BertForMaskedLM
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bertkit import modelio  # noqa: E402
-from bertkit.pretrain import MaskedLMPretrainer, WholeWordMasker, collate_mlm, read_corpus  # noqa: E402
+from bertkit.core import modelio  # noqa: E402
+from bertkit.pretrain.data import WholeWordMasker, collate_mlm, read_corpus  # noqa: E402
+from bertkit.pretrain.model import MaskedLMPretrainer  # noqa: E402
 
 CORPUS = modelio.shared_data() / "corpus" / "peoples_daily_199801.pos.txt"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bertkit import modelio  # noqa: E402
+from bertkit.core import modelio  # noqa: E402
 
 STS = modelio.shared_data() / "sts"
 

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bertkit import modelio  # noqa: E402
+from bertkit.core import modelio  # noqa: E402
 
 
 def bertkit(*args: str) -> str:

@@ -3,7 +3,7 @@
 12 layers, hidden 768, 12 heads, FFN 3072, random init, sequence 512, batch 4, dropout on,
 CPU, 2 threads.  For every bertkit policy and for Hugging Face's ``gradient_checkpointing_enable()``
 (the peer) it measures, in one run:
-- peak activation memory of forward+backward (profiler memory events, see bertkit.recompute),
+- peak activation memory of forward+backward (profiler memory events, see bertkit.training.recompute),
   with gradients already allocated, so what is counted is activations and their temporaries;
 - the median time of a full training step (forward, backward, AdamW) and of forward+backward,
   timing the policies round-robin so machine noise hits all alike.
@@ -27,7 +27,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bertkit.recompute import POLICIES, apply_recompute, format_bytes, peak_allocated_during  # noqa: E402
+from bertkit.training.recompute import POLICIES, apply_recompute, format_bytes, peak_allocated_during  # noqa: E402
 
 
 def build(args):

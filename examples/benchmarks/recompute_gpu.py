@@ -23,7 +23,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bertkit.recompute import apply_recompute  # noqa: E402
+from bertkit.training.recompute import apply_recompute  # noqa: E402
 
 
 def trains(model, optimizer, batch_size: int, seq_len: int) -> tuple[bool, float]:

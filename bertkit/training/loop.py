@@ -2,9 +2,17 @@
 
 A *task* (pretraining, classification, ...) supplies the model, how to turn examples into a
 batch, how to evaluate and how to save a loadable model; this module owns everything else:
-AdamW with warmup + linear decay, gradient accumulation, optional bf16 autocast, periodic
-evaluation, best/last checkpoints written atomically, ``--resume``, seeding, the progress bar,
-and DistributedDataParallel under ``torchrun`` (gloo on CPU, nccl on GPU).
+AdamW with warmup + linear decay, gradient accumulation, optional bf16 autocast, activation
+recomputation (``TrainConfig.recompute``), periodic evaluation, best/last checkpoints written
+atomically, ``--resume``, seeding, the progress bar, and DistributedDataParallel under
+``torchrun`` (gloo on CPU, nccl on GPU).
+
+Techniques extend the loop without editing it:
+- ``task.loss(model, batch)``, if the task defines it, replaces ``model(**batch)``'s loss
+  (e.g. a distillation loss over per-layer outputs);
+- hooks (:class:`TrainerHook`, from ``Trainer(..., hooks=...)`` or the task's ``hooks``) run after
+  each optimizer step (e.g. re-applying pruning masks), at each step's end, and after each
+  evaluation (adding metrics before the best model is picked).
 
 Reproducibility contract: the data order of epoch ``e`` is a permutation drawn from
 ``seed + e``; the randomness a task uses to build the batch of step ``s`` (e.g. MLM masks) comes
@@ -15,24 +23,24 @@ whose state is saved with each checkpoint.  A run killed after a checkpoint and 
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import json
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
-import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import BertkitError
-from .progress import log, training_progress
+from ..core.device import default_device, module_device
+from ..core.errors import BertkitError
+from ..core.files import write_json_atomic
+from ..core.progress import log, training_progress
+from ..core.weights import load_weights, unwrap
+from .checkpoints import all_rng_states, checkpoint_dir, load_checkpoint, save_checkpoint, save_model_weights
+from .distributed import any_rank, barrier, gather, parameter_checksum, world
+from .recompute import RecomputeOptions, setup_recompute
 
 
 @dataclass
@@ -59,13 +67,17 @@ class TrainConfig:
     # parameter-name prefix -> multiple of ``lr``: freshly initialised parts beside a pretrained
     # encoder (e.g. the spelling corrector's detection GRU) learn at a higher rate
     lr_scale: dict[str, float] = field(default_factory=dict)
+    # activation recomputation, applied by the loop to the task's model before training
+    recompute: RecomputeOptions = field(default_factory=RecomputeOptions)
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in trainer_state.json
 
 
 class TrainTask(Protocol):
     """What a technique gives the loop.
 
-    ``model(**batch)`` must return the loss (a tensor, or an object with ``.loss``).
+    ``model(**batch)`` must return the loss (a tensor, or an object with ``.loss``), unless the
+    task defines ``loss(model, batch) -> tensor``.  Optional: ``length(example)`` (for the
+    recompute profiler's worst-case batch), ``hooks`` (a list of :class:`TrainerHook`).
     """
 
     model: nn.Module
@@ -77,99 +89,24 @@ class TrainTask(Protocol):
     def save(self, model: nn.Module, directory: Path) -> None: ...
 
 
-# ---------------------------------------------------------------- distributed helpers
+class TrainerHook:
+    """Callbacks into the loop; override what you need (each default does nothing).
 
-
-def world() -> tuple[int, int]:
-    """(rank, world_size), initialising the process group the first time under torchrun."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        # torn down before the interpreter's own exit, which otherwise can destroy gloo's threads
-        # while they run ("terminate called without an active exception", SIGABRT)
-        atexit.register(_leave_process_group)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _leave_process_group() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def parameter_checksum(model: nn.Module) -> float:
-    """A float that differs when any weight differs; used to prove DDP ranks agree."""
-    with torch.no_grad():
-        return float(sum((p.double() * (i + 1)).sum() for i, p in enumerate(_unwrap(model).parameters())))
-
-
-# ---------------------------------------------------------------- atomic files
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written ``tmp`` directory to ``final``, never leaving a half-written one."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def save_weights(model: nn.Module, path: Path, prefix: str | tuple[str, ...] = "", dtype: torch.dtype | None = None) -> None:
-    """The state dict (the names starting with ``prefix``, or one of them) as safetensors, each tensor once,
-    written atomically.
-
-    Tied weights (one tensor under two names, e.g. BERT's decoder and word embeddings) are
-    stored under their first name.  Parameters that are distinct views of one buffer (cuDNN
-    packs a GRU's weights into one on the GPU, which safetensors refuses) are stored as copies.
+    ``model`` is the model being trained (DDP-wrapped under torchrun: use
+    :func:`bertkit.core.weights.unwrap` for its modules); ``step`` counts optimizer steps done.
     """
-    tensors, seen = {}, set()
-    for name, tensor in _unwrap(model).state_dict().items():
-        key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
-        if name.startswith(prefix) and key not in seen:
-            seen.add(key)
-            tensors[name] = tensor.detach().to("cpu", dtype=dtype or tensor.dtype, copy=True).contiguous()
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
 
+    def on_fit_start(self, trainer: "Trainer", model: nn.Module) -> None:
+        """Before the first step (after a resume's checkpoint is loaded)."""
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Loads what :func:`save_weights` wrote; a name left out must be tied to one that was loaded."""
-    module = _unwrap(model)
-    tensors = load_file(str(path))
-    missing, unexpected = module.load_state_dict(tensors, strict=False)
-    state = module.state_dict()
-    loaded = {(state[n].data_ptr(), tuple(state[n].shape)) for n in tensors if n in state}
-    untied = [n for n in missing if (state[n].data_ptr(), tuple(state[n].shape)) not in loaded]
-    if unexpected or untied:
-        raise ValueError(f"weights do not match the model: missing {untied[:3]}, unexpected {unexpected[:3]}")
+    def after_optimizer_step(self, trainer: "Trainer", model: nn.Module, step: int) -> None:
+        """Right after ``optimizer.step()``, e.g. to re-apply pruning masks to the weights."""
+
+    def on_step_end(self, trainer: "Trainer", model: nn.Module, step: int, loss: torch.Tensor) -> None:
+        """After a whole optimizer step; ``loss`` stays on the device (read it only when needed)."""
+
+    def on_evaluate(self, trainer: "Trainer", model: nn.Module, step: int, metrics: dict) -> None:
+        """After evaluation, before the best model is picked: may add or change ``metrics``."""
 
 
 # ---------------------------------------------------------------- optimisation
@@ -179,7 +116,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     """AdamW without weight decay on biases and LayerNorm weights, as in the BERT recipe; the
     parameters under a ``cfg.lr_scale`` prefix get their own groups at that multiple of ``lr``."""
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
-    for name, p in _unwrap(model).named_parameters():
+    for name, p in unwrap(model).named_parameters():
         if not p.requires_grad:
             continue
         scale = next((f for prefix, f in cfg.lr_scale.items() if name.startswith(prefix)), 1.0)
@@ -200,72 +137,16 @@ def warmup_linear(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
-# ---------------------------------------------------------------- checkpoints
-
-
-def _rng_state() -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _all_rng_states(world_size: int) -> list[dict[str, torch.Tensor]]:
-    """Every rank's RNG state (dropout differs per rank), gathered for rank 0 to save."""
-    mine = _rng_state()
-    if world_size == 1:
-        return [mine]
-    gathered = [None] * world_size
-    dist.all_gather_object(gathered, mine)
-    return gathered
-
-
-def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict, rng_states: list) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_weights(model, tmp / "model.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states},
-               tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
-    replace_dir(tmp, path)
-
-
-def checkpoint_dir(path: Path) -> Path | None:
-    """The complete checkpoint at ``path``, or the previous one if a kill hit mid-replacement."""
-    for candidate in (path, path.with_name(path.name + ".old")):
-        if (candidate / "state.json").exists() and (candidate / "optimizer.pt").exists():
-            return candidate
-    return None
-
-
-def _load_checkpoint(path: Path, model, optimizer, scheduler, rank: int, world_size: int) -> dict:
-    try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        load_weights(model, path / "model.safetensors")
-        blob = torch.load(path / "optimizer.pt", weights_only=True)
-        optimizer.load_state_dict(blob["optimizer"])
-        scheduler.load_state_dict(blob["scheduler"])
-        rng = blob["rng"]
-        if len(rng) != world_size:
-            raise ValueError(f"it was written by {len(rng)} processes, this run has {world_size}")
-        torch.set_rng_state(rng[rank]["cpu"])
-        if "cuda" in rng[rank] and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng[rank]["cuda"])
-    except Exception as exc:  # a corrupt or foreign checkpoint, whatever the library raises
-        raise BertkitError(f"cannot resume from {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    return state
-
-
 # ---------------------------------------------------------------- the loop
 
 
 class Trainer:
     """Runs ``task`` over ``examples`` according to ``cfg``; see the module docstring."""
 
-    def __init__(self, task: TrainTask, examples: Sequence[Any], cfg: TrainConfig):
+    def __init__(self, task: TrainTask, examples: Sequence[Any], cfg: TrainConfig,
+                 hooks: Sequence[TrainerHook] = ()):
         self.task, self.examples, self.cfg = task, examples, cfg
+        self.hooks = [*hooks, *getattr(task, "hooks", ())]
         for name in ("batch_size", "grad_accum"):
             if getattr(cfg, name) < 1:
                 raise BertkitError(f"--{name.replace('_', '-')} must be at least 1")
@@ -274,12 +155,19 @@ class Trainer:
         self.rank, self.world_size = world()
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
+        # the recompute profiler measures the model as it will train; --find-batch-size may
+        # change cfg.batch_size, so the step count follows it
+        setup_recompute(task, examples, cfg, cfg.recompute)
         per_rank = len(examples) // self.world_size
         self.steps_per_epoch = per_rank // (cfg.batch_size * cfg.grad_accum)
         if self.steps_per_epoch == 0:
             need = cfg.batch_size * cfg.grad_accum * self.world_size
             raise BertkitError(f"{len(examples)} training examples are fewer than one step needs ({need}); lower --batch-size")
         self.total_steps = cfg.max_steps or math.ceil(cfg.epochs * self.steps_per_epoch)
+
+    def _call(self, event: str, *args) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
 
     # -- data
 
@@ -302,8 +190,10 @@ class Trainer:
     # -- one step
 
     def _forward_loss(self, model, batch) -> torch.Tensor:
-        ctx = torch.autocast(device_type=_device_type(model), dtype=torch.bfloat16) if self.cfg.bf16 else contextlib.nullcontext()
+        ctx = torch.autocast(device_type=module_device(model).type, dtype=torch.bfloat16) if self.cfg.bf16 else contextlib.nullcontext()
         with ctx:
+            if hasattr(self.task, "loss"):
+                return self.task.loss(model, batch)
             out = model(**batch)
         return out if isinstance(out, torch.Tensor) else out["loss"]  # HF outputs are dicts too
 
@@ -313,7 +203,7 @@ class Trainer:
         model.train()
         total = 0.0
         batches = list(self._micro_batches(step, order))
-        device = _device(model)
+        device = module_device(model)
         for i, batch in enumerate(batches):
             batch = {k: v.to(device) for k, v in batch.items()}
             sync = i == len(batches) - 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
@@ -324,18 +214,21 @@ class Trainer:
         if self.cfg.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
         optimizer.step()
+        self._call("after_optimizer_step", model, step + 1)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return total
 
     # -- evaluation and saving
 
-    def _evaluate(self, model) -> dict[str, float]:
-        if self.rank != 0 or not hasattr(self.task, "evaluate"):
-            return {}
-        model.eval()
-        with torch.inference_mode():
-            return self.task.evaluate(_unwrap(model))
+    def _evaluate(self, model, step: int) -> dict[str, float]:
+        metrics = {}
+        if self.rank == 0 and hasattr(self.task, "evaluate"):
+            model.eval()
+            with torch.inference_mode():
+                metrics = self.task.evaluate(unwrap(model))
+        self._call("on_evaluate", model, step, metrics)
+        return metrics
 
     def _is_better(self, metrics: dict, best: float | None) -> bool:
         key = self.cfg.metric
@@ -348,7 +241,7 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.rank)  # ranks must not share dropout masks
         model = task.model.to(default_device())
         if self.world_size > 1:
-            device_ids = [_device(model).index] if torch.cuda.is_available() else None
+            device_ids = [module_device(model).index] if torch.cuda.is_available() else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         optimizer = build_optimizer(model, cfg)
         warmup = int(cfg.warmup_ratio * self.total_steps)
@@ -360,12 +253,13 @@ class Trainer:
         if cfg.resume:
             if found is None:
                 raise BertkitError(f"--resume: no checkpoint in {last}")
-            state = _load_checkpoint(found, model, optimizer, scheduler, self.rank, self.world_size)
+            state = load_checkpoint(found, model, optimizer, scheduler, self.rank, self.world_size)
             log(f"resumed from {found} at step {state['step']}", rank=self.rank)
         elif found is not None or (self.out / "trainer_state.json").exists():
             raise BertkitError(f"{self.out} already holds a training run; pass --resume to continue it or pick a new -o")
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
+        self._call("on_fit_start", model)
 
         eval_every = cfg.eval_every or self.steps_per_epoch
         save_every = cfg.save_every or eval_every
@@ -381,22 +275,23 @@ class Trainer:
                 loss = self._step(model, optimizer, scheduler, step, order)
                 running.append(loss)
                 state["step"] = step + 1
+                self._call("on_step_end", model, state["step"], loss)
                 bar.advance(loss, scheduler.get_last_lr()[0])
                 done = state["step"] == self.total_steps or self._out_of_time(start, model)
                 if state["step"] % eval_every == 0 or done:
-                    metrics = self._evaluate(model)
+                    metrics = self._evaluate(model, state["step"])
                     metrics["train_loss"] = float(sum(running)) / len(running)
                     running = []
                     state["history"].append({"step": state["step"], **metrics})
                     bar.report(state["step"], metrics)
                     if self.rank == 0 and self._is_better(metrics, state["best_metric"]):
                         state["best_metric"], state["best_step"] = metrics[cfg.metric], state["step"]
-                        self._save_model(model, self.ckpt_dir / "best")
+                        save_model_weights(self.ckpt_dir / "best", model)
                 if state["step"] % save_every == 0 or done:
-                    rng_states = _all_rng_states(self.world_size)
+                    rng_states = all_rng_states(self.world_size)
                     if self.rank == 0:
-                        _save_checkpoint(last, model, optimizer, scheduler, state, rng_states)
-                _barrier()
+                        save_checkpoint(last, model, optimizer, scheduler, state, rng_states)
+                barrier()
                 if done:
                     break
         if state["step"] < self.total_steps:
@@ -407,54 +302,33 @@ class Trainer:
         if not self.cfg.max_minutes:
             return False
         over = time.time() - start >= self.cfg.max_minutes * 60
-        if self.world_size == 1:
-            return over
-        flag = torch.tensor([float(over)], device=_device(model))
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # ranks' clocks differ: all stop at the same step
-        return bool(flag.item())
-
-    def _save_model(self, model, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        save_weights(model, tmp / "model.safetensors")
-        replace_dir(tmp, path)
+        # ranks' clocks differ: all stop at the same step
+        return any_rank(over, self.world_size, module_device(model))
 
     def _finish(self, model, state: dict, seconds: float) -> dict:
-        checksums = [parameter_checksum(model)]
-        if self.world_size > 1:
-            gathered = [None] * self.world_size
-            dist.all_gather_object(gathered, checksums[0])
-            checksums = gathered
+        checksums = gather(parameter_checksum(model), self.world_size)
         if self.rank == 0:
             best = self.ckpt_dir / "best"
             if best.exists():  # the final model is the best one seen on dev
                 load_weights(model, best / "model.safetensors")
-            self.task.save(_unwrap(model), self.out)
+            self.task.save(unwrap(model), self.out)
             summary = {
                 **{k: v for k, v in state.items() if k != "history"},
                 "total_steps": self.total_steps,
                 "train_seconds_this_run": round(seconds, 1),
                 "world_size": self.world_size,
                 "rank_checksums": checksums,
-                "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.cfg).items()},
+                "config": _jsonable(asdict(self.cfg)),
                 "history": state["history"],
             }
             write_json_atomic(self.out / "trainer_state.json", summary)
-        _barrier()
+        barrier()
         return state
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _device_type(model: nn.Module) -> str:
-    return _device(model).type
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value

@@ -17,7 +17,7 @@ from .errors import BertkitError
 
 
 @dataclass
-class Window:
+class TokenWindow:
     input_ids: list[int]
     token_type_ids: list[int]
 
@@ -34,16 +34,16 @@ class TextEncoder:
     def tokens(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def encode_many(self, texts: list[str]) -> list[list[Window]]:
+    def encode_many(self, texts: list[str]) -> list[list[TokenWindow]]:
         """``encode`` for single texts, tokenizing the whole list in one call (much faster)."""
         return [self._windows(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
-    def _windows(self, ids: list[int]) -> list[Window]:
+    def _windows(self, ids: list[int]) -> list[TokenWindow]:
         size = self.max_length - 2
         chunks = [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]
-        return [Window([self.cls, *c, self.sep], [0] * (len(c) + 2)) for c in chunks]
+        return [TokenWindow([self.cls, *c, self.sep], [0] * (len(c) + 2)) for c in chunks]
 
-    def encode(self, text: str, text_b: str | None = None) -> list[Window]:
+    def encode(self, text: str, text_b: str | None = None) -> list[TokenWindow]:
         """One window, or several for a single text longer than ``max_length``."""
         a = self.tokens(text)
         if text_b is None:
@@ -58,9 +58,9 @@ class TextEncoder:
                 else:
                     b = b[:-1]
         ids = [self.cls, *a, self.sep, *b, self.sep]
-        return [Window(ids, [0] * (len(a) + 2) + [1] * (len(b) + 1))]
+        return [TokenWindow(ids, [0] * (len(a) + 2) + [1] * (len(b) + 1))]
 
-    def pad_batch(self, windows: Sequence[Window]) -> dict[str, torch.Tensor]:
+    def pad_batch(self, windows: Sequence[TokenWindow]) -> dict[str, torch.Tensor]:
         width = max(len(w.input_ids) for w in windows)
         ids, types, mask = [], [], []
         for w in windows:  # pad as Python lists, then one tensor each: far cheaper than per-row copies

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .errors import BertkitError
-from .modelio import shared_data
-from .progress import log
+from ..core.errors import BertkitError
+from ..core.modelio import shared_data
+from ..core.progress import log
 
 SHARED_CONFUSION = shared_data() / "csc" / "confusion"
 

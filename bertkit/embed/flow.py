@@ -10,9 +10,9 @@ Deviations, and why:
   parametrised as in Glow section 3.2, so its log-determinant costs O(d)), and there is no
   multi-scale squeeze/split: K flat steps.  BERT-flow's code reshapes the vector to a 1x1 image,
   where its convolutions act exactly as these linear maps.
-- Training runs through bertkit's shared loop (AdamW, warmup, checkpoints, --resume).
+- Training runs through bertkit's shared loop (AdamW, warmup, checkpoints, --resume): :mod:`.task`.
 
-Saved as a sentence-transformers module ``bertkit.flow.SentenceFlow`` (``config.json`` +
+Saved as a sentence-transformers module ``bertkit.embed.flow.SentenceFlow`` (``config.json`` +
 ``model.safetensors``).  sentence-transformers 6 imports a module class from outside its own
 package when the caller opts in to remote code, even from an installed package like this one; the
 whitening pipelines need no such flag (they are plain ``Dense`` modules).
@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import BertkitError
+from ..core.errors import BertkitError
 
 
 class ActNorm(nn.Module):
@@ -113,38 +113,6 @@ class Glow(nn.Module):
         z, logdet = self(x)
         log_pz = -0.5 * (z**2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
         return -(log_pz + logdet).mean() / self.dim
-
-
-class FlowTask:
-    """Maximum-likelihood training of a Glow on fixed vectors, with the shared trainer."""
-
-    def __init__(self, flow: Glow, dev: torch.Tensor | None):
-        self.flow, self.dev = flow, dev
-        self.model = _NllModule(flow)
-
-    def length(self, vector) -> int:
-        return 1
-
-    def collate(self, vectors, generator):
-        return {"vectors": torch.stack(list(vectors))}
-
-    def evaluate(self, model) -> dict[str, float]:
-        if self.dev is None or len(self.dev) == 0:
-            return {}
-        return {"neg_dev_nll": -float(model.flow.nll(self.dev))}
-
-    def save(self, model, directory: Path) -> None:
-        save_flow(model.flow, Path(directory))
-
-
-class _NllModule(nn.Module):
-    def __init__(self, flow: Glow):
-        super().__init__()
-        self.flow = flow
-
-    def forward(self, vectors):
-        return self.flow.nll(vectors)
-
 
 def save_flow(flow: Glow, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,10 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
-from .errors import BertkitError
+from ..core.device import default_device
+from ..core.errors import BertkitError
+from ..core.progress import console, log
+from .distributed import from_rank0, world
 
 POLICIES = ("none", "full", "ffn-keep", "ffn2-keep", "selective", "every-k")
 MATMUL_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
@@ -221,6 +224,8 @@ def _segmented_forward(self, hidden_states, attention_mask=None, encoder_hidden_
 
         def run(hidden, mask, layers=layers):
             for layer in layers:
+                # call the module, not .forward: transformers collects output_hidden_states with
+                # hooks on each layer, so per-layer outputs stay visible under recomputation
                 hidden = layer(hidden, mask, **kwargs)
             return hidden
 
@@ -396,8 +401,6 @@ def _worst_case_step(task, examples, batch_size: int, device: torch.device) -> C
 def _print_table(profiles: list[StepProfile], budget: int | None, chosen: str | None) -> None:
     from rich.table import Table
 
-    from .progress import console
-
     base = next((p for p in profiles if p.policy == "none"), profiles[0])
     table = Table(title="recompute policies: one training step", title_justify="left")
     for column in ("policy", "peak activations", "memory ratio", "step time", "time ratio", "fits"):
@@ -438,9 +441,6 @@ def largest_batch(task, examples, budget: int, start: int, device: torch.device)
 
 def setup_recompute(task, examples, cfg, opts: RecomputeOptions) -> str:
     """Apply the policy (profiling every policy first for ``auto``); may set ``cfg.batch_size``."""
-    from .progress import log
-    from .trainer import default_device, world
-
     rank, world_size = world()
     policy = opts.policy
     if policy != "none" and policy != "auto" and policy not in POLICIES:
@@ -458,23 +458,13 @@ def setup_recompute(task, examples, cfg, opts: RecomputeOptions) -> str:
         chosen = choose(profiles, budget)
         if rank == 0:
             _print_table(profiles, budget, chosen.policy)
-        policy = _from_rank0(chosen.policy, world_size)  # timings differ a little between ranks
+        policy = from_rank0(chosen.policy, world_size)  # timings differ a little between ranks
     apply_recompute(task.model, policy, opts.every_k)
     if opts.find_batch_size:
-        cfg.batch_size = _from_rank0(largest_batch(task, examples, budget, cfg.batch_size, device), world_size)
+        cfg.batch_size = from_rank0(largest_batch(task, examples, budget, cfg.batch_size, device), world_size)
         log(f"--find-batch-size: {cfg.batch_size} examples per batch fit in {format_bytes(budget)} with {policy}", rank)
     if opts.policy != "none":
         log(f"activation recomputation: {policy}", rank)
     cfg.extra["recompute"] = policy
     return policy
 
-
-def _from_rank0(value, world_size: int):
-    """Every rank takes rank 0's decision, so all run the same policy and batch size."""
-    if world_size == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

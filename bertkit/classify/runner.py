@@ -1,0 +1,64 @@
+"""The classification runner: class probabilities in input order, and accuracy / macro-F1.
+
+Texts longer than ``max_length`` are split into windows and the windows' probabilities averaged.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+
+from ..core import modelio
+from ..core.device import module_device
+from ..core.encoding import TextEncoder, TokenWindow
+from ..core.metrics import accuracy, macro_f1
+from ..core.runner import Runner
+from ..core.textio import map_in_order
+from .data import Example, check_labels
+from .model import load_classifier
+
+
+class Classifier(Runner):
+    """A loaded classification model with its tokenizer; predicts in input order."""
+
+    def __init__(self, model, tokenizer, max_length: int = 128, batch_size: int = 64):
+        self.model, self.tokenizer = model, tokenizer
+        limit = model.config.max_position_embeddings
+        self.encoder = TextEncoder(tokenizer, min(max_length, limit))
+        self.batch_size = batch_size
+        self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+    @classmethod
+    def load(cls, path: str | None = None, **options) -> "Classifier":
+        path = modelio.resolve_model(path)
+        return cls(load_classifier(path).eval(), modelio.load_tokenizer(path), **options)
+
+    def _probabilities(self, batch: Sequence[list[TokenWindow]]) -> list[torch.Tensor]:
+        windows = [w for item in batch for w in item]
+        inputs = self.encoder.pad_batch(windows)
+        device = module_device(self.model)
+        with torch.inference_mode():
+            logits = self.model(**{k: v.to(device) for k, v in inputs.items()}).logits
+        probs = logits.float().softmax(-1).cpu()
+        out, i = [], 0
+        for item in batch:
+            out.append(probs[i : i + len(item)].mean(0))
+            i += len(item)
+        return out
+
+    def predict_proba(self, examples) -> Iterator[torch.Tensor]:
+        """Class probabilities of each example, in input order (windows averaged)."""
+        self.model.eval()
+        encoded = (self.encoder.encode(ex.text, ex.text_b) for ex in examples)
+        yield from map_in_order(
+            encoded, self._probabilities, length=lambda ws: sum(len(w.input_ids) for w in ws), batch_size=self.batch_size
+        )
+
+    def evaluate(self, examples: Sequence[Example], source: str = "the data") -> dict[str, float]:
+        """Accuracy and macro-F1 over ``examples`` (from ``source``, named in errors), whose labels
+        must all be the model's."""
+        check_labels(examples, self.labels, source, "model's")
+        pred = [self.labels[int(p.argmax())] for p in self.predict_proba(examples)]
+        gold = [ex.label for ex in examples]
+        return {"accuracy": accuracy(gold, pred), "macro_f1": macro_f1(gold, pred, labels=self.labels), "n": len(gold)}

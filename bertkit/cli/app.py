@@ -1,0 +1,16 @@
+"""The Typer application every command module registers on."""
+
+import typer
+
+app = typer.Typer(
+    help="BERT techniques for Chinese text, usable from the shell. Models default to the shipped bertkit-zh-mini.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root() -> None:
+    """BERT techniques for Chinese text, usable from the shell."""

@@ -1,0 +1,113 @@
+"""Options shared by several commands, each defined once, and the training options every training
+command takes (``@training_command``)."""
+
+import functools
+import inspect
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+# ---------------------------------------------------------------- shared by several commands
+
+Threads = Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")]
+Compute = Annotated[str, typer.Option(help="Encoder arithmetic: float32, bfloat16 (autocast), or auto (bfloat16 where the hardware has native bf16 matmuls, e.g. AVX512-BF16/AMX CPUs: ~1.5x faster).")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory (default: the shipped bertkit-zh-mini).")]
+InputArg = Annotated[str, typer.Argument(metavar="INPUT", help="A .txt (one text a line), .tsv (header with text or text_a/text_b) or .jsonl file; '-' for stdin.")]
+OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")]
+SaveFp16 = Annotated[bool, typer.Option("--save-fp16", help="Store the final weights in float16 (half the size).")]
+
+
+def set_threads(n: int | None) -> None:
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
+def print_json(record: dict, digits: int | None = None) -> None:
+    """One JSON line on stdout; floats rounded to ``digits`` when given."""
+    if digits is not None:
+        record = {k: round(v, digits) if isinstance(v, float) else v for k, v in record.items()}
+    print(json.dumps(record, ensure_ascii=False))
+
+
+# ---------------------------------------------------------------- the training options
+
+# name -> (annotation, default); commands override defaults through @training_command(...)
+TRAINING_OPTIONS = {
+    "epochs": (Annotated[float, typer.Option(min=0.01, help="Passes over the training data.")], 3.0),
+    "max_steps": (Annotated[Optional[int], typer.Option(min=1, help="Stop after this many optimizer steps (overrides --epochs).")], None),
+    "max_minutes": (Annotated[Optional[float], typer.Option(min=0.01, help="Stop this run after N minutes of training, at a step boundary, evaluating and checkpointing there (--resume goes on).")], None),
+    "batch_size": (Annotated[int, typer.Option(min=1, help="Examples per micro-batch and process.")], 32),
+    "grad_accum": (Annotated[int, typer.Option(min=1, help="Micro-batches accumulated per optimizer step.")], 1),
+    "lr": (Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warmup then linear decay).")], 5e-5),
+    "warmup": (Annotated[float, typer.Option(help="Fraction of the steps spent warming up the learning rate.")], 0.1),
+    "weight_decay": (Annotated[float, typer.Option(help="AdamW weight decay (not applied to biases and LayerNorm).")], 0.01),
+    "bf16": (Annotated[bool, typer.Option("--bf16", help="Run forward passes under bfloat16 autocast.")], False),
+    "eval_every": (Annotated[int, typer.Option(min=0, help="Evaluate every N steps (0: once per epoch).")], 0),
+    "save_every": (Annotated[int, typer.Option(min=0, help="Write a resumable checkpoint every N steps (0: at each evaluation).")], 0),
+    "seed": (Annotated[int, typer.Option(help="Random seed: same seed, same data and same result.")], 42),
+    "resume": (Annotated[bool, typer.Option("--resume", help="Continue the run in -o DIR from its last checkpoint.")], False),
+    "threads": (Threads, None),
+    "recompute": (Annotated[str, typer.Option(help="Activation recomputation: none, full, ffn-keep, ffn2-keep, selective, every-k, or auto (profile each on one step, take the fastest that fits --max-memory).")], "none"),
+    "every_k": (Annotated[Optional[int], typer.Option(help="Layers per segment for --recompute every-k (default: ceil(sqrt(layers))).")], None),
+    "max_memory": (Annotated[Optional[str], typer.Option(help="Activation memory budget for --recompute auto and --find-batch-size, e.g. 900M or 8G.")], None),
+    "find_batch_size": (Annotated[bool, typer.Option("--find-batch-size", help="Use the largest batch whose activations fit --max-memory (with the chosen policy).")], False),
+}
+
+
+def option_group(param: str, options: dict, defaults: dict | None = None, build=dict):
+    """Append ``options`` (name -> (annotation, default)) to a command's signature; the command
+    receives their parsed values as one argument, ``param`` = ``build(values)``.
+
+    Typer reads a command's options from its signature, so a group written once here appears,
+    with one meaning, in every command that takes it (decorators stack).
+    """
+    defaults = defaults or {}
+    unknown = set(defaults) - set(options)
+    if unknown:
+        raise TypeError(f"not options of this group: {sorted(unknown)}")
+
+    def decorate(fn):
+        signature = inspect.signature(fn, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != param]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                   default=defaults.get(name, default))
+                 for name, (annotation, default) in options.items()]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            values = {name: kwargs.pop(name) for name in options}
+            return fn(**kwargs, **{param: build(values)})
+
+        command.__signature__ = signature.replace(parameters=own + added)
+        return command
+
+    return decorate
+
+
+def training_command(**defaults):
+    """The shared training options (with these defaults); the command receives ``training``, a
+    function ``(output_dir, extra) -> TrainConfig``, and ``--threads`` is applied before it runs."""
+
+    def build(values: dict):
+        set_threads(values["threads"])
+        return functools.partial(train_config, values)
+
+    return option_group("training", TRAINING_OPTIONS, defaults, build)
+
+
+def train_config(values: dict, output_dir: Path, extra: dict):
+    """The loop's :class:`~bertkit.training.TrainConfig` from the parsed training options."""
+    from ..training import RecomputeOptions, TrainConfig
+
+    recompute = RecomputeOptions(policy=values["recompute"], every_k=values["every_k"],
+                                 max_memory=values["max_memory"], find_batch_size=values["find_batch_size"])
+    return TrainConfig(
+        output_dir=output_dir, epochs=values["epochs"], max_steps=values["max_steps"], max_minutes=values["max_minutes"],
+        batch_size=values["batch_size"], grad_accum=values["grad_accum"], lr=values["lr"], warmup_ratio=values["warmup"],
+        weight_decay=values["weight_decay"], bf16=values["bf16"], eval_every=values["eval_every"],
+        save_every=values["save_every"], seed=values["seed"], resume=values["resume"], recompute=recompute, extra=extra,
+    )

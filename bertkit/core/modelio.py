@@ -1,0 +1,276 @@
+"""Model I/O: find, check, load and save BERT-family models in the Hugging Face layout.
+
+A model is a directory with ``config.json``, ``model.safetensors`` and a tokenizer
+(``vocab.txt`` or ``tokenizer.json``); what bertkit saves, ``transformers.AutoModel`` loads.
+Beside them, ``bertkit.json`` (:class:`Manifest`) says what kind of model the directory holds
+and names the weight files a technique adds (safetensors, each saved and loaded by
+:func:`save_part` / :func:`load_part`).
+
+Models transformers does not know (a lattice encoder, a model with pruned FFN widths, int8
+weights) are stored the same way: ``config.json`` stays a BERT config for what transformers can
+build, the rest goes into parts, and the manifest's ``architecture`` names a builder registered
+in bertkit's own code (:func:`register_architecture`).  Such a directory carries data only, never
+code: ``auto_map`` and unknown ``model_type`` values without a registered builder are refused,
+and nothing loads with ``trust_remote_code``.  Weights load from safetensors only (never pickle).
+Nothing here touches the network: a hub id works only when it is already in the local Hugging
+Face cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from .errors import BertkitError
+from .files import read_json, write_json_atomic
+from .weights import load_weights, save_weights
+
+# transformers reports each load (missing pooler, unused MLM head: expected when a pretrained
+# encoder gets a new head) and shows its own progress bars; our commands speak for themselves.
+transformers.logging.set_verbosity_error()
+transformers.logging.disable_progress_bar()
+
+DEFAULT_MODEL = "bertkit-zh-mini"
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: bertkit/core/modelio.py
+
+
+def shared_data() -> Path:
+    """The shared data sets (vocabulary, confusion sets): $BERTKIT_SHARED_DATA, else ../shared/data
+    beside the checkout, where this project's machines keep them."""
+    return Path(os.environ.get("BERTKIT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def models_root() -> Path:
+    """Where shipped models live: $BERTKIT_MODELS, else the checkout's ``data/models``."""
+    return Path(os.environ.get("BERTKIT_MODELS", REPO_ROOT / "data" / "models"))
+
+
+def resolve_model(name: str | os.PathLike | None, default: str = DEFAULT_MODEL) -> str:
+    """Turn a model argument into a loadable local path (or a cached hub id), or fail clearly."""
+    name = str(name or default)
+    path = Path(name).expanduser()
+    if path.exists():
+        check_model_dir(path)
+        return str(path)
+    shipped = models_root() / name
+    if shipped.exists():
+        check_model_dir(shipped)
+        return str(shipped)
+    if name == default:
+        raise BertkitError(f"the default model {default} is not in {models_root()}: install bertkit from its "
+                           "checkout (pip install -e .), set BERTKIT_MODELS, or pass -m MODEL_DIR")
+    if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1:
+        raise BertkitError(f"model directory {name} does not exist")
+    try:  # a hub id: only usable if a previous online session cached it
+        AutoConfig.from_pretrained(name, local_files_only=True, trust_remote_code=False)
+    except Exception:
+        raise BertkitError(
+            f"model {name!r} is neither a local directory nor in the Hugging Face cache, and this machine is "
+            "offline: download it where there is network and pass its directory"
+        ) from None
+    return name
+
+
+def check_model_dir(path: Path) -> None:
+    """Fail with one clear line unless ``path`` holds a complete, safe model."""
+    if not path.is_dir():
+        raise BertkitError(f"{path} is not a model directory")
+    config = path / "config.json"
+    if not config.exists():
+        raise BertkitError(f"{path} has no config.json: not a Hugging Face model directory")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError):
+        raise BertkitError(f"{config} is not valid JSON: the model directory is corrupt") from None
+    if not isinstance(data, dict):
+        raise BertkitError(f"{config} is not a model config: the model directory is corrupt")
+    architecture = Manifest.read(path).architecture
+    if architecture != TRANSFORMERS and architecture not in ARCHITECTURES:
+        raise BertkitError(f"{path}: architecture {architecture!r} is not one this version of bertkit builds")
+    known = data.get("model_type") in CONFIG_MAPPING or architecture in ARCHITECTURES
+    if "auto_map" in data or not known:
+        # a custom architecture would mean running code shipped with the model: never
+        raise BertkitError(f"{path}: model_type {data.get('model_type')!r} needs custom code; bertkit loads only "
+                           "architectures built into transformers or into bertkit")
+    has_safetensors = (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists()
+    if not has_safetensors:
+        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+            raise BertkitError(f"{path} holds only pickle weights (.bin/.pt); bertkit loads safetensors only")
+        raise BertkitError(f"{path} has no model.safetensors: the model directory is incomplete")
+    if not ((path / "vocab.txt").exists() or (path / "tokenizer.json").exists()):
+        raise BertkitError(f"{path} has no tokenizer (vocab.txt or tokenizer.json)")
+
+
+def load_tokenizer(model: str):
+    try:
+        return AutoTokenizer.from_pretrained(model, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        raise BertkitError(f"cannot load the tokenizer of {model}: {_first_line(exc)}") from None
+
+
+def load_model(model: str, cls, **kwargs) -> PreTrainedModel:
+    """``cls.from_pretrained`` from safetensors, offline, with load errors as one line; a directory
+    whose manifest names a bertkit architecture is built by that architecture's registered builder."""
+    try:
+        architecture = Manifest.read(Path(model)).architecture if Path(model).is_dir() else TRANSFORMERS
+        if architecture != TRANSFORMERS:
+            return ARCHITECTURES[architecture](Path(model), cls, **kwargs)
+        return cls.from_pretrained(model, local_files_only=True, use_safetensors=True, trust_remote_code=False, **kwargs)
+    except BertkitError:
+        raise
+    except Exception as exc:
+        raise BertkitError(f"cannot load model {model}: {_first_line(exc)}") from None
+
+
+def save_pretrained(model: PreTrainedModel, tokenizer, directory: Path, dtype: torch.dtype | None = None) -> None:
+    """Save model + tokenizer in the HF layout; each file appears atomically (written aside, then renamed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / ".saving"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if dtype is not None:
+        model = _copy_as(model, dtype)
+    model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    for item in tmp.iterdir():
+        os.replace(item, directory / item.name)
+    tmp.rmdir()
+
+
+def _copy_as(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
+    import copy
+
+    return copy.deepcopy(model).to(dtype)
+
+# ---------------------------------------------------------------- the manifest: what a directory holds
+
+MANIFEST = "bertkit.json"
+KINDS = ("encoder", "masked-lm", "classifier", "corrector", "sentence-embedding")
+TRANSFORMERS = "transformers"  # the architecture value of a model transformers builds by itself
+
+
+@dataclass
+class Manifest:
+    """``bertkit.json``: what kind of model a directory holds and what lies beside the backbone.
+
+    - ``kind``: which runner loads it (``classifier``, ``corrector``, ``sentence-embedding``, ...).
+    - ``architecture``: ``"transformers"`` when ``config.json`` + ``model.safetensors`` are a model
+      that transformers builds by itself (``AutoModel`` loads the whole backbone); otherwise the
+      name of an architecture registered in bertkit's own code (:func:`register_architecture`),
+      never code shipped with the model: a directory holds data only.
+    - ``parts``: part name -> file (safetensors) or module folder, relative to the directory: the
+      weights a technique adds beside the backbone (a corrector's detector, an embedding's
+      whitening), each saved and loaded by :func:`save_part` / :func:`load_part`.
+    - ``config``: the technique's own settings (e.g. a corrector's threshold).
+
+    A directory without ``bertkit.json`` is read from the files earlier versions wrote
+    (``corrector.json``, ``bertkit_pooling.json``) or from ``config.json`` alone.
+    """
+
+    kind: str
+    architecture: str = TRANSFORMERS
+    parts: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    format: int = 1
+
+    def save(self, directory: Path) -> None:
+        write_json_atomic(Path(directory) / MANIFEST, {"format": self.format, "kind": self.kind,
+                                                       "architecture": self.architecture, "parts": self.parts,
+                                                       "config": self.config})
+
+    @classmethod
+    def read(cls, directory: Path) -> "Manifest":
+        directory = Path(directory)
+        path = directory / MANIFEST
+        if path.exists():
+            try:
+                data = read_json(path)
+                return cls(kind=str(data["kind"]), architecture=str(data.get("architecture", TRANSFORMERS)),
+                           parts=dict(data.get("parts") or {}), config=dict(data.get("config") or {}),
+                           format=int(data.get("format", 1)))
+            except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+                raise BertkitError(f"{path} is corrupt") from None
+        return _legacy_manifest(directory)
+
+
+def _legacy_manifest(directory: Path) -> Manifest:
+    """The manifest of a directory written before ``bertkit.json`` existed."""
+    for name, kind in (("corrector.json", "corrector"), ("bertkit_pooling.json", "sentence-embedding")):
+        path = directory / name
+        if path.exists():
+            try:
+                config = read_json(path)
+                if not isinstance(config, dict):
+                    raise ValueError
+            except (ValueError, UnicodeDecodeError):
+                raise BertkitError(f"{path} is corrupt") from None
+            parts = {"detector": "detector.safetensors"} if kind == "corrector" and config.get("kind") == "soft-masked" else {}
+            return Manifest(kind, parts=parts, config=config)
+    architectures = _config(directory).get("architectures") or []
+    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return Manifest("classifier")
+    if any(str(a).endswith("ForMaskedLM") for a in architectures):
+        return Manifest("masked-lm")
+    return Manifest("encoder")
+
+
+def _config(directory: Path) -> dict:
+    try:
+        data = read_json(directory / "config.json")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_part(model: torch.nn.Module, directory: Path, manifest: Manifest, name: str,
+              prefix: str | tuple[str, ...], dtype: torch.dtype | None = None) -> None:
+    """Save the weights under ``prefix`` as the part ``name`` (``NAME.safetensors``) and record it;
+    the caller saves the manifest once all parts are written."""
+    filename = manifest.parts.get(name, f"{name}.safetensors")
+    save_weights(model, Path(directory) / filename, prefix=prefix, dtype=dtype)
+    manifest.parts[name] = filename
+
+
+def load_part(model: torch.nn.Module, directory: Path, manifest: Manifest, name: str,
+              prefix: str | tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """Load the part ``name`` that :func:`save_part` wrote into ``model``; one-line errors."""
+    filename = manifest.parts.get(name)
+    if filename is None:
+        raise BertkitError(f"{directory}: {MANIFEST} names no part {name!r}")
+    try:
+        load_weights(model, Path(directory) / filename, prefix=prefix, optional=optional)
+    except Exception as exc:
+        raise BertkitError(f"cannot load the {name} of {directory}: {_first_line(exc)}") from None
+
+
+# builders of the architectures transformers does not know: name -> (directory, requested class,
+# from_pretrained's keyword arguments) -> model.  Code in bertkit, never in a model directory.
+ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {}
+
+
+def register_architecture(name: str):
+    """Decorator: ``@register_architecture("lattice-bert")`` on a builder ``(directory, cls, **kwargs)``."""
+
+    def register(builder):
+        if name == TRANSFORMERS:
+            raise ValueError(f"{name!r} is reserved for architectures transformers builds")
+        ARCHITECTURES[name] = builder
+        return builder
+
+    return register
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
