@@ -33,7 +33,13 @@ def save_weights(model: nn.Module, path: Path, prefix: str | tuple[str, ...] = "
         if name.startswith(prefix) and key not in seen:
             seen.add(key)
             tensors[name] = tensor.detach().to("cpu", dtype=dtype or tensor.dtype, copy=True).contiguous()
+    save_tensors(tensors, path)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """A dict of tensors as one safetensors file, written aside and renamed into place."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
     os.replace(tmp, path)

@@ -25,10 +25,12 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ..core.errors import BertkitError
+from ..core.files import write_json_atomic
+from ..core.weights import save_tensors
 
 
 class ActNorm(nn.Module):
@@ -115,10 +117,8 @@ class Glow(nn.Module):
         return -(log_pz + logdet).mean() / self.dim
 
 def save_flow(flow: Glow, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(
-        json.dumps({"dim": flow.dim, "steps": flow.steps, "hidden": flow.hidden}) + "\n", encoding="utf-8")
-    save_file({k: v.contiguous() for k, v in flow.state_dict().items()}, str(directory / "model.safetensors"))
+    write_json_atomic(Path(directory) / "config.json", {"dim": flow.dim, "steps": flow.steps, "hidden": flow.hidden})
+    save_tensors({k: v.contiguous() for k, v in flow.state_dict().items()}, Path(directory) / "model.safetensors")
 
 
 def load_flow(directory: Path) -> Glow:

@@ -13,14 +13,12 @@ sentence-transformers does:
   W = U diag(1/sqrt(s)) from the SVD of the covariance, keeping the first K columns for
   ``whitening-K``.  Fitted on unlabelled text with ``--fit`` and saved in the model directory as
   a sentence-transformers ``Dense`` module, so sentence-transformers loads the whole pipeline.
-
-Texts longer than the model's limit are split into windows of whole tokens; each window is
-pooled and the windows are combined (token-weighted mean for the mean-type poolings, elementwise
-max for ``max``, mean of the windows' [CLS] vectors for ``cls``), never cut.
-
 - ``flow``: BERT-flow (Li et al. 2020, section 4): a Glow trained by maximum likelihood on the
   frozen encoder's pooled vectors (``--base-pooling``) maps them to an isotropic Gaussian; the
-  latent is the embedding (see :mod:`bertkit.flow`).  Fitted with ``--fit`` like whitening.
+  latent is the embedding (see :mod:`.flow`).  Fitted with ``--fit`` like whitening.
+
+:func:`combine_windows` joins the windows of a text longer than the model's limit (see
+:mod:`.runner`).
 """
 
 from __future__ import annotations
@@ -158,7 +156,7 @@ class Whitening:
 
 
 class FlowTransform:
-    """A trained :class:`bertkit.flow.Glow` used as an embedding transform."""
+    """A trained :class:`bertkit.embed.flow.Glow` used as an embedding transform."""
 
     def __init__(self, flow):
         self.flow = flow.eval()

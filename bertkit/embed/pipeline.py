@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..core import modelio
 from ..core.errors import BertkitError
 from ..core.files import read_json, write_json_atomic
+from ..core.weights import save_tensors
 from .flow import load_flow, save_flow
 from .model import FlowTransform, PoolingSpec, Whitening, parse_pooling
 
@@ -48,7 +49,7 @@ def save_pipeline(model, tokenizer, max_length: int, spec: PoolingSpec, transfor
         start, weights = (1, [1] + [0] * (n - 2) + [1]) if spec.base == "first-last-avg" else (n - 1, [1, 1])
         folder = add_module("WeightedLayerPooling", "sentence_transformers.models.WeightedLayerPooling")
         write_json_atomic(folder / "config.json", {"word_embedding_dimension": dim, "num_hidden_layers": n, "layer_start": start})
-        save_file({"layer_weights": torch.tensor(weights, dtype=torch.float32)}, str(folder / "model.safetensors"))
+        save_tensors({"layer_weights": torch.tensor(weights, dtype=torch.float32)}, folder / "model.safetensors")
     folder = add_module("Pooling", "sentence_transformers.models.Pooling")
     pooling_mode = "mean" if layer_base else spec.base
     write_json_atomic(folder / "config.json", {
@@ -67,7 +68,7 @@ def save_pipeline(model, tokenizer, max_length: int, spec: PoolingSpec, transfor
             "in_features": weight.shape[1], "out_features": weight.shape[0], "bias": True,
             "activation_function": "torch.nn.modules.linear.Identity",
         })
-        save_file({"linear.weight": weight.contiguous(), "linear.bias": bias.contiguous()}, str(folder / "model.safetensors"))
+        save_tensors({"linear.weight": weight.contiguous(), "linear.bias": bias.contiguous()}, folder / "model.safetensors")
         manifest.parts["whitening"] = f"{folder.name}/model.safetensors"
     write_json_atomic(directory / "modules.json", modules)
     write_json_atomic(directory / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})

@@ -1,26 +1,10 @@
-"""Sentence embeddings from a BERT encoder: poolings, whitening, evaluation on STS pairs.
-
-Poolings (``--pooling``), over the tokens the attention mask keeps, [CLS] and [SEP] included as
-sentence-transformers does:
-- ``cls``: the last layer's [CLS] vector (Devlin et al. 2019);
-- ``mean``, ``max``, ``mean_sqrt_len`` (sum / sqrt(length)): of the last layer, as in
-  sentence-transformers' Pooling;
-- ``first-last-avg``: mean over tokens of the average of the first transformer layer's and the
-  last layer's outputs (BERT-flow, Li et al. EMNLP 2020, section 5 and its released code);
-- ``last2avg``: the same with the last two layers;
-- ``whitening`` / ``whitening-K``: BERT-whitening (Su et al. 2021, section 3): a base pooling
-  (``--base-pooling``, first-last-avg by default as in the paper), then x -> (x - mu) W with
-  W = U diag(1/sqrt(s)) from the SVD of the covariance, keeping the first K columns for
-  ``whitening-K``.  Fitted on unlabelled text with ``--fit`` and saved in the model directory as
-  a sentence-transformers ``Dense`` module, so sentence-transformers loads the whole pipeline.
+"""The embedding runner: one vector per text, in input order, through the model's pipeline (the
+poolings, whitening and flow of :mod:`.model`), and Spearman on STS pairs for every pooling in
+one encoder pass.
 
 Texts longer than the model's limit are split into windows of whole tokens; each window is
 pooled and the windows are combined (token-weighted mean for the mean-type poolings, elementwise
 max for ``max``, mean of the windows' [CLS] vectors for ``cls``), never cut.
-
-- ``flow``: BERT-flow (Li et al. 2020, section 4): a Glow trained by maximum likelihood on the
-  frozen encoder's pooled vectors (``--base-pooling``) maps them to an isotropic Gaussian; the
-  latent is the embedding (see :mod:`bertkit.flow`).  Fitted with ``--fit`` like whitening.
 """
 
 from __future__ import annotations

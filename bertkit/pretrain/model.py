@@ -1,6 +1,26 @@
-"""The pretraining model: a ``BertForMaskedLM`` whose MLM head runs on the masked positions only
-(BERT's ``gather_indexes``), and a new BERT of a given shape.  See :mod:`bertkit.pretrain` for
-the method."""
+"""Masked-LM pretraining of a Chinese BERT with whole-word masking.
+
+Method: BERT (Devlin et al., NAACL 2019, section 3.1 "Task #1: Masked LM" and appendix A.1):
+15% of the tokens of a sequence are chosen for prediction; a chosen token becomes [MASK] 80% of
+the time, a random token 10%, and stays unchanged 10%.  The tokens are chosen by *whole word*
+(Cui et al., "Pre-Training with Whole Word Masking for Chinese BERT", 2019/2021, section 3.1):
+Chinese words from the jieba segmenter are masked as a unit, although the model sees single
+characters.  As in Google's ``run_pretraining.py`` (``gather_indexes``), the MLM head runs only
+on the masked positions, not over the whole sequence: its output layer is the largest matrix
+product of a small model (vocab x hidden per token), so this saves most of the head's time.
+
+Deviations, and why:
+- No next-sentence prediction: RoBERTa (Liu et al. 2019, section 4.2) found it does not help,
+  and our corpora are mostly single sentences and titles.
+- Dynamic masking (RoBERTa section 4.1): masks are drawn anew for each step from a generator
+  seeded by the step, instead of being fixed once when the data is written.  This gives more
+  distinct examples from a small corpus while staying exactly reproducible.
+- Consecutive lines are packed into sequences of up to ``max_length`` tokens (RoBERTa's
+  FULL-SENTENCES), wasting no compute on padding.
+
+This module holds the model: ``MaskedLMPretrainer`` (the MLM loss with the head on the masked
+positions) and a new BERT of a given shape; masking and packing are in :mod:`.data`.
+"""
 
 from __future__ import annotations
 
