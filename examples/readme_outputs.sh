@@ -4,7 +4,7 @@
 # diff the two folders. Training runs are compared by the sha256 of the weights they write.
 #
 #   bash examples/readme_outputs.sh OUT_DIR [CHECKOUT]     # CHECKOUT: default, this one
-#   git worktree add /tmp/old HEAD~1 && bash examples/readme_outputs.sh before /tmp/old \
+#   git worktree add /tmp/old OLD_COMMIT && bash examples/readme_outputs.sh before /tmp/old \
 #     && bash examples/readme_outputs.sh after && diff -r before after
 set -u
 OUT=$(mkdir -p "$1" && cd "$1" && pwd)

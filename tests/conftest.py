@@ -107,6 +107,7 @@ def cli(*args: str, input: bytes = b"", check: bool = False) -> Result:
     code = 0
     saved_argv = sys.argv
     sys.argv = ["bertkit", *args]
+    torch.set_num_threads(1)  # as run_cli's OMP_NUM_THREADS=1, also for module-scoped fixtures
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), _stdin(stdin):
             try:

@@ -92,6 +92,19 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model, news_data):
     one_label = write_tsv(tmp_path / "one.tsv", [("sports", "球队")] * 10)
     _assert_one_line_error(cli("train", str(one_label), *base), "only one label")
 
+    for option in (["--synthetic", str(train)], ["--plain"]):  # options of --task correct
+        _assert_one_line_error(cli("train", str(train), *base, *option), "takes no --synthetic or --plain")
+    _assert_one_line_error(cli("train", str(train), *base, "--task", "tag"), "--task must be classify or correct")
+
+
+def test_train_help_lists_the_task_options_after_task_and_the_training_options_last():
+    flags = [w for line in cli("train", "--help", check=True).stdout.decode().splitlines()
+             for w in line.replace("│", " ").split()[:1] if w.startswith("--")]
+    assert flags.index("--task") < flags.index("--synthetic") < flags.index("--random") < flags.index("--save-fp16")
+    assert flags.index("--max-length") < flags.index("--epochs") < flags.index("--find-batch-size")
+    pretrain = cli("pretrain", "--help", check=True).stdout.decode()
+    assert "[default: 64]" in pretrain and "[default: 0.0005]" in pretrain  # its own defaults for shared options
+
 
 def test_help_lists_only_working_commands():
     proc = cli("--help", check=True)

@@ -61,3 +61,9 @@ def test_flow_pipeline_round_trips_and_loads_in_sentence_transformers(tmp_path, 
         SentenceFlow.load(str(tmp_path / "m"), "2_SentenceFlow")])
     theirs = model.encode(texts[:4], convert_to_numpy=True)
     np.testing.assert_allclose(theirs, ours, rtol=1e-3, atol=1e-4)
+    # the class names sentence-transformers imports for this and for older pipelines both resolve
+    import importlib
+
+    for name in ("bertkit.embed.flow.SentenceFlow", "bertkit.flow.SentenceFlow"):
+        module, cls = name.rsplit(".", 1)
+        assert getattr(importlib.import_module(module), cls) is SentenceFlow

@@ -75,8 +75,14 @@ def test_manifest_round_trips_and_reads_older_directories(tmp_path, tiny_model):
     legacy.mkdir()
     (legacy / "bertkit_pooling.json").write_text('{"pooling": "whitening", "base_pooling": "mean"}')
     assert modelio.Manifest.read(legacy) == modelio.Manifest("sentence-embedding", config={"pooling": "whitening", "base_pooling": "mean"})
+    # saving the manifest over an older directory retires its settings file, which would be stale
+    modelio.Manifest("sentence-embedding", config={"pooling": "whitening", "base_pooling": "mean"}).save(legacy)
+    assert not (legacy / "bertkit_pooling.json").exists() and modelio.Manifest.read(legacy).kind == "sentence-embedding"
     (tmp_path / "bertkit.json").write_text("{broken")
     with pytest.raises(BertkitError, match="corrupt"):
+        modelio.Manifest.read(tmp_path)
+    (tmp_path / "bertkit.json").write_text('{"format": 2, "kind": "lattice"}')
+    with pytest.raises(BertkitError, match="newer than this bertkit"):
         modelio.Manifest.read(tmp_path)
 
 

@@ -59,8 +59,8 @@ TRAINING_OPTIONS = {
 
 
 def option_group(param: str, options: dict, defaults: dict | None = None, build=dict):
-    """Append ``options`` (name -> (annotation, default)) to a command's signature; the command
-    receives their parsed values as one argument, ``param`` = ``build(values)``.
+    """Put ``options`` (name -> (annotation, default)) into a command's signature in place of its
+    parameter ``param``; the command receives their parsed values there, as ``build(values)``.
 
     Typer reads a command's options from its signature, so a group written once here appears,
     with one meaning, in every command that takes it (decorators stack).
@@ -72,9 +72,9 @@ def option_group(param: str, options: dict, defaults: dict | None = None, build=
 
     def decorate(fn):
         signature = inspect.signature(fn, eval_str=True)
-        own = [p for p in signature.parameters.values() if p.name != param]
-        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                                   default=defaults.get(name, default))
+        params = list(signature.parameters.values())
+        at = [p.name for p in params].index(param)  # the options appear in --help where it stands
+        added = [inspect.Parameter(name, params[at].kind, annotation=annotation, default=defaults.get(name, default))
                  for name, (annotation, default) in options.items()]
 
         @functools.wraps(fn)
@@ -82,7 +82,7 @@ def option_group(param: str, options: dict, defaults: dict | None = None, build=
             values = {name: kwargs.pop(name) for name in options}
             return fn(**kwargs, **{param: build(values)})
 
-        command.__signature__ = signature.replace(parameters=own + added)
+        command.__signature__ = signature.replace(parameters=params[:at] + added + params[at + 1 :])
         return command
 
     return decorate

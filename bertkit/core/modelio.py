@@ -158,6 +158,8 @@ def _copy_as(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
 MANIFEST = "bertkit.json"
 KINDS = ("encoder", "masked-lm", "classifier", "corrector", "sentence-embedding")
 TRANSFORMERS = "transformers"  # the architecture value of a model transformers builds by itself
+FORMAT = 1  # the newest manifest format this version reads and writes
+LEGACY_FILES = {"corrector.json": "corrector", "bertkit_pooling.json": "sentence-embedding"}
 
 
 @dataclass
@@ -183,40 +185,51 @@ class Manifest:
     parts: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     format: int = 1
+    # the file the manifest was read from (bertkit.json, or an older settings file), for messages
+    source: Path | None = field(default=None, compare=False, repr=False)
 
     def save(self, directory: Path) -> None:
+        """Write ``bertkit.json``; an older settings file it replaces is removed (it would be stale)."""
         write_json_atomic(Path(directory) / MANIFEST, {"format": self.format, "kind": self.kind,
                                                        "architecture": self.architecture, "parts": self.parts,
                                                        "config": self.config})
+        for name in LEGACY_FILES:
+            (Path(directory) / name).unlink(missing_ok=True)
+        self.source = Path(directory) / MANIFEST
 
     @classmethod
     def read(cls, directory: Path) -> "Manifest":
         directory = Path(directory)
         path = directory / MANIFEST
-        if path.exists():
-            try:
-                data = read_json(path)
-                return cls(kind=str(data["kind"]), architecture=str(data.get("architecture", TRANSFORMERS)),
+        if not path.exists():
+            return _legacy_manifest(directory)
+        try:
+            data = read_json(path)
+            manifest = cls(kind=str(data["kind"]), architecture=str(data.get("architecture", TRANSFORMERS)),
                            parts=dict(data.get("parts") or {}), config=dict(data.get("config") or {}),
                            format=int(data.get("format", 1)))
-            except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-                raise BertkitError(f"{path} is corrupt") from None
-        return _legacy_manifest(directory)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            raise BertkitError(f"{path} is corrupt") from None
+        if manifest.format > FORMAT:
+            raise BertkitError(f"{path} has format {manifest.format}, newer than this bertkit reads ({FORMAT}): "
+                               "upgrade bertkit")
+        manifest.source = path
+        return manifest
 
 
 def _legacy_manifest(directory: Path) -> Manifest:
     """The manifest of a directory written before ``bertkit.json`` existed."""
-    for name, kind in (("corrector.json", "corrector"), ("bertkit_pooling.json", "sentence-embedding")):
+    for name, kind in LEGACY_FILES.items():
         path = directory / name
         if path.exists():
             try:
                 config = read_json(path)
                 if not isinstance(config, dict):
                     raise ValueError
-            except (ValueError, UnicodeDecodeError):
+            except (OSError, ValueError, UnicodeDecodeError):
                 raise BertkitError(f"{path} is corrupt") from None
             parts = {"detector": "detector.safetensors"} if kind == "corrector" and config.get("kind") == "soft-masked" else {}
-            return Manifest(kind, parts=parts, config=config)
+            return Manifest(kind, parts=parts, config=config, source=path)
     architectures = _config(directory).get("architectures") or []
     if any(str(a).endswith("ForSequenceClassification") for a in architectures):
         return Manifest("classifier")

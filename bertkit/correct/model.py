@@ -187,10 +187,10 @@ class SoftMaskedBert(nn.Module):
         try:
             kind, gru_hidden, lam, mask_id = meta["kind"], int(meta["gru_hidden"]), float(meta["lambda"]), int(meta["mask_id"])
         except (ValueError, KeyError, TypeError):
-            raise BertkitError(f"{path}: the corrector settings are corrupt") from None
+            raise BertkitError(f"{manifest.source} is corrupt") from None
         mlm = modelio.load_model(path, BertForMaskedLM, dtype=torch.float32)
         if not 0 <= mask_id < mlm.config.vocab_size:
-            raise BertkitError(f"{path}: mask_id {mask_id} is outside the vocabulary")
+            raise BertkitError(f"{manifest.source}: mask_id {mask_id} is outside the vocabulary")
         model = cls(mlm, mask_id, kind, gru_hidden, lam)
         model.threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
         if kind == "soft-masked":

@@ -14,7 +14,7 @@ from ..core import modelio
 from ..core.device import module_device, use_bf16
 from ..core.errors import BertkitError
 from ..core.files import write_text_atomic
-from ..core.metrics import csc_scores
+from ..core.metrics import CscScores, csc_scores
 from ..core.progress import log
 from ..core.runner import Runner
 from ..core.textio import map_in_order
@@ -112,20 +112,27 @@ class Corrector(Runner):
         runner.path = path
         return runner
 
-    def evaluate(self, pairs: Sequence[Pair], tune: bool = False) -> dict:
+    def scores(self, pairs: Sequence[Pair], tune: bool = False) -> CscScores:
         """SIGHAN scores on ``pairs`` at this runner's threshold, or with ``tune`` at the grid
-        threshold with the best correction F1 (which becomes this runner's threshold; save it
-        with :meth:`save_threshold`): the dict ``bertkit correct --eval`` prints."""
+        threshold with the best correction F1, which becomes this runner's threshold (save it with
+        :meth:`save_threshold`)."""
         sources, targets = [p.source for p in pairs], [p.target for p in pairs]
         if tune:
             self.threshold, scores = tune_threshold(self, sources, targets)
-        else:
-            scores = csc_scores(sources, targets, [text for text, _ in self.correct(sources)])
+            return scores
+        return csc_scores(sources, targets, [text for text, _ in self.correct(sources)])
+
+    def evaluate(self, pairs: Sequence[Pair], tune: bool = False) -> dict:
+        """:meth:`scores` as the dict ``bertkit correct --eval`` prints (scores to 4 decimals)."""
+        scores = self.scores(pairs, tune)
         return ({k: round(v, 4) for k, v in asdict(scores).items()}
                 | {"n": len(pairs), "threshold": self.threshold, "candidates": self.candidates})
 
     def save_threshold(self, path: str | None = None) -> None:
-        """Store this runner's threshold as the default of the corrector directory it came from."""
+        """Store this runner's threshold as the default of the corrector directory ``path`` (by
+        default the one it was loaded from)."""
+        if (path or self.path) is None:
+            raise BertkitError("this corrector was not loaded from a directory: name one to save the threshold in")
         save_threshold(path or self.path, self.threshold)
 
     def correct(self, texts: Iterable[str]) -> Iterator[tuple[str, list[Change]]]:

@@ -53,7 +53,7 @@ class CorrectTask:
 
     def evaluate(self, model: SoftMaskedBert) -> dict[str, float]:
         """Dev scores at the threshold that maximises sentence-level correction F1 on dev; the
-        model keeps that threshold as its operating point (saved in corrector.json)."""
+        model keeps that threshold as its operating point (saved in its manifest)."""
         if not self.dev:
             return {}
         sources, targets = [p.source for p in self.dev], [p.target for p in self.dev]

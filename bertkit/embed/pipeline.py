@@ -88,7 +88,7 @@ def load_pipeline(directory: Path) -> tuple[PoolingSpec | None, Whitening | Flow
     try:
         spec = parse_pooling(manifest.config["pooling"], manifest.config["base_pooling"])
     except (KeyError, TypeError):
-        raise BertkitError(f"{directory}: the pooling in {modelio.MANIFEST} is corrupt") from None
+        raise BertkitError(f"{manifest.source} is corrupt") from None
     if spec.flow:
         # directories written before the manifest name no part: their one flow module
         folder = manifest.parts.get("flow") or next((p.name for p in directory.glob("*_SentenceFlow")), None)

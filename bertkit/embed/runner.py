@@ -49,6 +49,7 @@ class Embedder(Runner):
 
     @classmethod
     def load(cls, path: str | None = None, **options) -> "Embedder":
+        use_bf16(options.get("compute", "float32"))  # a bad --compute fails before the model loads
         path = modelio.resolve_model(path)
         model = modelio.load_model(path, AutoModel, dtype=torch.float32).eval()
         spec, transform = load_pipeline(Path(path)) if Path(path).is_dir() else (None, None)

@@ -147,6 +147,9 @@ class Trainer:
                  hooks: Sequence[TrainerHook] = ()):
         self.task, self.examples, self.cfg = task, examples, cfg
         self.hooks = [*hooks, *getattr(task, "hooks", ())]
+        # the recompute profiler measures the model as it will train; --find-batch-size may
+        # change cfg.batch_size, so the step count below follows it
+        setup_recompute(task, examples, cfg, cfg.recompute)
         for name in ("batch_size", "grad_accum"):
             if getattr(cfg, name) < 1:
                 raise BertkitError(f"--{name.replace('_', '-')} must be at least 1")
@@ -155,9 +158,6 @@ class Trainer:
         self.rank, self.world_size = world()
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        # the recompute profiler measures the model as it will train; --find-batch-size may
-        # change cfg.batch_size, so the step count follows it
-        setup_recompute(task, examples, cfg, cfg.recompute)
         per_rank = len(examples) // self.world_size
         self.steps_per_epoch = per_rank // (cfg.batch_size * cfg.grad_accum)
         if self.steps_per_epoch == 0:

@@ -24,6 +24,7 @@ import json
 import re
 import statistics
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -55,7 +56,7 @@ def score(model: Path, tests: dict[str, list]) -> dict[str, dict[str, float]]:
     corrector = Corrector.load(str(model))
     result = {}
     for name, pairs in tests.items():
-        scores = corrector.evaluate(pairs)
+        scores = asdict(corrector.scores(pairs))
         result[name] = {k: round(scores[k] * 100, 2) for k in REPORTED}
     return result
 
