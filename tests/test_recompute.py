@@ -43,25 +43,32 @@ def test_gradients_equal_without_recompute(policy, batch):
     assert not torch.allclose(grads_of(model, batch, seed=7)["classifier.weight"], reference["classifier.weight"])
 
 
-@pytest.mark.parametrize("policy", ["full", "ffn-keep", "every-k"])
-def test_frozen_embeddings_still_give_layer_gradients(policy, batch):
+@pytest.mark.parametrize("policy", [p for p in POLICIES if p != "none"])
+def test_frozen_embeddings_give_the_reference_gradients(policy, batch):
+    """With the embeddings frozen no input of a checkpoint needs a gradient; the layers' gradients
+    must still be those without recomputation (the reentrant variant would give None)."""
     model = tiny_classifier()
     for p in model.bert.embeddings.parameters():
         p.requires_grad_(False)
-    apply_recompute(model, policy)
-    grads = grads_of(model, batch)
-    layer0 = [n for n in grads if ".layer.0." in n]
-    assert len(layer0) == 16 and all(grads[n].abs().sum() > 0 for n in layer0)
+    reference = grads_of(model, batch)
+    apply_recompute(model, policy, k=2)
+    got = grads_of(model, batch)
+    assert reference.keys() == got.keys() and len([n for n in got if ".layer.0." in n]) == 16
+    for name in reference:
+        torch.testing.assert_close(got[name], reference[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_bf16_autocast_matches_its_own_reference(batch):
+@pytest.mark.parametrize("policy", [p for p in POLICIES if p != "none"])
+def test_bf16_autocast_matches_its_own_reference(policy, batch):
     model = tiny_classifier()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         reference = grads_of(model, batch)
-        apply_recompute(model, "full")
+        apply_recompute(model, policy, k=2)
         got = grads_of(model, batch)
+    assert reference.keys() == got.keys()
     for name in reference:
-        torch.testing.assert_close(got[name], reference[name], rtol=1e-2, atol=1e-3, msg=name)
+        # recomputation repeats the same bf16 arithmetic: equal up to kernel-order rounding
+        torch.testing.assert_close(got[name], reference[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_plan_keeps_last_layer_and_uses_sqrt_segments():
