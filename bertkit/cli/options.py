@@ -55,6 +55,7 @@ TRAINING_OPTIONS = {
     "every_k": (Annotated[Optional[int], typer.Option(help="Layers per segment for --recompute every-k (default: ceil(sqrt(layers))).")], None),
     "max_memory": (Annotated[Optional[str], typer.Option(help="Activation memory budget for --recompute auto and --find-batch-size, e.g. 900M or 8G.")], None),
     "find_batch_size": (Annotated[bool, typer.Option("--find-batch-size", help="Use the largest batch whose activations fit --max-memory (with the chosen policy).")], False),
+    "per_sample_attention": (Annotated[Optional[bool], typer.Option("--per-sample-attention/--no-per-sample-attention", help="Checkpoint the attention core one sample at a time (default: on with any --recompute policy but none). Saves memory on CPU with attention dropout; nothing with GPU flash/memory-efficient attention.")], None),
 }
 
 
@@ -104,7 +105,8 @@ def train_config(values: dict, output_dir: Path, extra: dict):
     from ..training import RecomputeOptions, TrainConfig
 
     recompute = RecomputeOptions(policy=values["recompute"], every_k=values["every_k"],
-                                 max_memory=values["max_memory"], find_batch_size=values["find_batch_size"])
+                                 max_memory=values["max_memory"], find_batch_size=values["find_batch_size"],
+                                 per_sample_attention=values["per_sample_attention"])
     return TrainConfig(
         output_dir=output_dir, epochs=values["epochs"], max_steps=values["max_steps"], max_minutes=values["max_minutes"],
         batch_size=values["batch_size"], grad_accum=values["grad_accum"], lr=values["lr"], warmup_ratio=values["warmup"],

@@ -21,11 +21,15 @@ Policies (``--recompute``):
 - ``auto`` -- profile one step of each on the user's model, batch and sequence length, take
   the fastest that fits ``--max-memory`` (see :func:`setup_recompute`).
 
-Every policy that recomputes also runs the attention core sample by sample under its own
-checkpoint (:func:`chunked_sdpa_attention`): with dropout on the CPU, SDPA falls back to a kernel
-that materialises batch x heads x T x T tensors, and recomputing them one sample at a time cuts
-that transient by the batch size.  This is a deviation from the papers, which assume fused GPU
-attention kernels that never build those tensors.
+Per-sample attention (``per_sample_attention``, a switch of its own, on by default with every
+policy but ``none``): the attention core runs sample by sample under its own checkpoint
+(:func:`chunked_sdpa_attention`).  With dropout on the CPU, SDPA falls back to a math kernel that
+keeps several batch x heads x T x T tensors per layer for the backward pass; recomputing them one
+sample at a time cuts that by the batch size.  This is a deviation from the papers, which assume
+fused GPU attention kernels; on a GPU, flash and memory-efficient SDPA keep no T x T tensors and
+the switch saves nothing.  It is independent of the policy: Hugging Face's own layer
+checkpointing with it saves as much as ``full`` with it (``examples/benchmarks/recompute.py``
+measures every policy with and without it).
 
 All checkpoints are non-reentrant ``torch.utils.checkpoint`` with the RNG state preserved, so
 dropout masks in the recomputation equal the original ones and gradients equal those without
@@ -201,7 +205,7 @@ AttentionMaskInterface.register(CHUNKED_ATTENTION, sdpa_mask)
 
 
 def _use_chunked_attention(config, on: bool) -> None:
-    if on and config._attn_implementation in ("sdpa", CHUNKED_ATTENTION):
+    if on and config._attn_implementation in ("sdpa", CHUNKED_ATTENTION):  # eager attention stays eager
         config._attn_implementation = CHUNKED_ATTENTION
     elif not on and config._attn_implementation == CHUNKED_ATTENTION:
         config._attn_implementation = "sdpa"
@@ -239,16 +243,21 @@ def _segmented_forward(self, hidden_states, attention_mask=None, encoder_hidden_
     return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states)
 
 
-def apply_recompute(model: nn.Module, policy: str, k: int | None = None) -> list[Segment]:
+def apply_recompute(model: nn.Module, policy: str, k: int | None = None,
+                    per_sample_attention: bool | None = None) -> list[Segment]:
     """Make ``model``'s encoder recompute activations by ``policy``; returns the segment plan.
 
-    The weights and their names are untouched, so saving and loading are unaffected.
+    ``per_sample_attention`` checkpoints the attention core one sample at a time
+    (:func:`chunked_sdpa_attention`), a separate switch that can go with any policy, ``none``
+    included; by default it is on with every policy but ``none``.  The weights and their names
+    are untouched, so saving and loading are unaffected.
     """
-    if policy == "none" and not any("forward" in m.__dict__ for m in model.modules()):
+    per_sample = policy != "none" if per_sample_attention is None else per_sample_attention
+    if policy == "none" and not per_sample and not _patched(model):
         return plan("none", 0)  # nothing to undo; works for any architecture
     encoder = find_encoder(model)
     segments = plan(policy, len(encoder.layer), k)
-    _use_chunked_attention(encoder.config, policy != "none")
+    _use_chunked_attention(encoder.config, per_sample)
     _recompute_activation(encoder, policy == "selective")
     if policy == "none":
         encoder.__dict__.pop("forward", None)
@@ -257,6 +266,14 @@ def apply_recompute(model: nn.Module, policy: str, k: int | None = None) -> list
     encoder._bertkit_intermediate = encoder.config.intermediate_size
     encoder.forward = types.MethodType(_segmented_forward, encoder)
     return segments
+
+
+def _patched(model: nn.Module) -> bool:
+    """Whether an earlier apply_recompute left anything to undo."""
+    if any("forward" in m.__dict__ for m in model.modules()):
+        return True
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) == CHUNKED_ATTENTION
 
 
 # ---------------------------------------------------------------- measuring and choosing
@@ -380,6 +397,7 @@ class RecomputeOptions:
     every_k: int | None = None
     max_memory: str | None = None  # e.g. "900M": activation budget for auto / find-batch-size
     find_batch_size: bool = False
+    per_sample_attention: bool | None = None  # None: on with every policy but none
 
 
 def _worst_case_step(task, examples, batch_size: int, device: torch.device) -> Callable[[nn.Module], Callable[[], None]]:
@@ -459,7 +477,7 @@ def setup_recompute(task, examples, cfg, opts: RecomputeOptions) -> str:
         if rank == 0:
             _print_table(profiles, budget, chosen.policy)
         policy = from_rank0(chosen.policy, world_size)  # timings differ a little between ranks
-    apply_recompute(task.model, policy, opts.every_k)
+    apply_recompute(task.model, policy, opts.every_k, opts.per_sample_attention)
     if opts.find_batch_size:
         cfg.batch_size = from_rank0(largest_batch(task, examples, budget, cfg.batch_size, device), world_size)
         log(f"--find-batch-size: {cfg.batch_size} examples per batch fit in {format_bytes(budget)} with {policy}", rank)
