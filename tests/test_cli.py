@@ -101,7 +101,7 @@ def test_train_help_lists_the_task_options_after_task_and_the_training_options_l
     flags = [w for line in cli("train", "--help", check=True).stdout.decode().splitlines()
              for w in line.replace("│", " ").split()[:1] if w.startswith("--")]
     assert flags.index("--task") < flags.index("--synthetic") < flags.index("--random") < flags.index("--save-fp16")
-    assert flags.index("--max-length") < flags.index("--epochs") < flags.index("--find-batch-size")
+    assert flags.index("--max-length") < flags.index("--epochs") < flags.index("--seed")
     pretrain = cli("pretrain", "--help", check=True).stdout.decode()
     assert "[default: 64]" in pretrain and "[default: 0.0005]" in pretrain  # its own defaults for shared options
 

@@ -55,7 +55,7 @@ def use(model, name: str) -> None:
     """Switch ``model`` to a configuration: a bertkit policy or "hf" (HF's own checkpointing),
     with per-sample attention when the name ends in +per-sample."""
     policy, per_sample = name.removesuffix(PER_SAMPLE), name.endswith(PER_SAMPLE)
-    if model.is_gradient_checkpointing:
+    if model.is_activation_checkpointing:
         model.activation_checkpointing_disable()
     if policy == "hf":
         apply_recompute(model, "none", per_sample_attention=per_sample)
