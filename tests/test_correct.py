@@ -15,7 +15,7 @@ from bertkit.core import modelio
 from bertkit.correct.confusion import ConfusionSets, Corruptor, fuzzy_pinyin, is_chinese
 from bertkit.correct.data import CharVocab, pad_ids, read_correction_pairs, windows
 from bertkit.correct.model import SoftMaskedBert
-from bertkit.correct.runner import Corrector
+from bertkit.correct.runner import THRESHOLD_GRID, Corrector
 
 from conftest import cli, run_cli
 
@@ -243,7 +243,7 @@ def test_cli_train_correct_and_eval(tiny_model, tmp_path):
     manifest = json.loads((out / "bertkit.json").read_text())
     meta = manifest["config"]
     assert manifest["kind"] == "corrector" and manifest["parts"] == {"detector": "detector.safetensors"}
-    assert meta["kind"] == "soft-masked" and 0.05 <= meta["threshold"] <= 0.95  # tuned on dev
+    assert meta["kind"] == "soft-masked" and meta["threshold"] in THRESHOLD_GRID  # tuned on dev
     assert (out / "confusion.tsv").exists()
     scores = json.loads(cli("correct", "--eval", str(pairs), "-m", str(out), check=True).stdout)
     assert {"det_f1", "cor_f1", "fpr", "char_cor_f1"} <= set(scores) and scores["n"] == 16
