@@ -21,6 +21,20 @@ def grads_of(model, batch, seed=123):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def reference_and_recomputed(model, batch, policy):
+    """Gradients of one step before and after ``apply_recompute(model, policy)``, same dropout."""
+    reference = grads_of(model, batch)
+    apply_recompute(model, policy, k=2)
+    got = grads_of(model, batch)
+    assert reference.keys() == got.keys()
+    return reference, got
+
+
+def assert_same_gradients(got, reference, rtol=1e-5, atol=1e-6):
+    for name in reference:
+        torch.testing.assert_close(got[name], reference[name], rtol=rtol, atol=atol, msg=name)
+
+
 @pytest.fixture
 def batch():
     g = torch.Generator().manual_seed(0)
@@ -33,12 +47,8 @@ def batch():
 @pytest.mark.parametrize("policy", [p for p in POLICIES if p != "none"])
 def test_gradients_equal_without_recompute(policy, batch):
     model = tiny_classifier()
-    reference = grads_of(model, batch)
-    apply_recompute(model, policy, k=2)
-    got = grads_of(model, batch)
-    assert reference.keys() == got.keys()
-    for name in reference:
-        torch.testing.assert_close(got[name], reference[name], rtol=1e-5, atol=1e-6, msg=name)
+    reference, got = reference_and_recomputed(model, batch, policy)
+    assert_same_gradients(got, reference)
     # and dropout really was on: another seed gives other gradients
     assert not torch.allclose(grads_of(model, batch, seed=7)["classifier.weight"], reference["classifier.weight"])
 
@@ -50,25 +60,18 @@ def test_frozen_embeddings_give_the_reference_gradients(policy, batch):
     model = tiny_classifier()
     for p in model.bert.embeddings.parameters():
         p.requires_grad_(False)
-    reference = grads_of(model, batch)
-    apply_recompute(model, policy, k=2)
-    got = grads_of(model, batch)
-    assert reference.keys() == got.keys() and len([n for n in got if ".layer.0." in n]) == 16
-    for name in reference:
-        torch.testing.assert_close(got[name], reference[name], rtol=1e-5, atol=1e-6, msg=name)
+    reference, got = reference_and_recomputed(model, batch, policy)
+    assert len([n for n in got if ".layer.0." in n]) == 16
+    assert_same_gradients(got, reference)
 
 
 @pytest.mark.parametrize("policy", [p for p in POLICIES if p != "none"])
 def test_bf16_autocast_matches_its_own_reference(policy, batch):
     model = tiny_classifier()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        reference = grads_of(model, batch)
-        apply_recompute(model, policy, k=2)
-        got = grads_of(model, batch)
-    assert reference.keys() == got.keys()
-    for name in reference:
-        # recomputation repeats the same bf16 arithmetic: equal up to kernel-order rounding
-        torch.testing.assert_close(got[name], reference[name], rtol=1e-4, atol=1e-6, msg=name)
+        reference, got = reference_and_recomputed(model, batch, policy)
+    # recomputation repeats the same bf16 arithmetic: equal up to kernel-order rounding
+    assert_same_gradients(got, reference, rtol=1e-4)
 
 
 def test_plan_keeps_last_layer_and_uses_sqrt_segments():
