@@ -156,7 +156,6 @@ def _copy_as(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
 # ---------------------------------------------------------------- the manifest: what a directory holds
 
 MANIFEST = "bertkit.json"
-KINDS = ("encoder", "masked-lm", "classifier", "corrector", "sentence-embedding")
 TRANSFORMERS = "transformers"  # the architecture value of a model transformers builds by itself
 FORMAT = 1  # the newest manifest format this version reads and writes
 LEGACY_FILES = {"corrector.json": "corrector", "bertkit_pooling.json": "sentence-embedding"}

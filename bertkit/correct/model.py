@@ -62,7 +62,6 @@ from transformers import BertForMaskedLM
 from ..core import modelio
 from ..core.errors import BertkitError
 
-CORRECTOR_CONFIG = "corrector.json"  # the settings file of correctors saved before bertkit.json
 KINDS = ("soft-masked", "plain")
 NEW_PARTS = ("detector", "residual_scale")  # what soft masking adds to BERT, saved beside it
 DEFAULT_THRESHOLD = 0.5
