@@ -9,7 +9,7 @@ from bertkit.embed.model import PoolingSpec, Whitening, parse_pooling, pool_wind
 from bertkit.embed.pipeline import save_pipeline
 from bertkit.embed.runner import Embedder
 from bertkit.core.errors import BertkitError
-from conftest import MONEY, SPORT, cli
+from conftest import MONEY, SPORT, cli, synthetic_news
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,22 @@ def test_whitening_gives_identity_covariance():
     np.testing.assert_allclose(y.mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(np.cov(y.T), np.eye(8), atol=1e-3)
     assert Whitening.fit(x, keep=3).apply(torch.from_numpy(x).float()).shape == (500, 3)
-    with pytest.raises(BertkitError, match="more sentences than dimensions"):
-        Whitening.fit(x[:8])
+    assert Whitening.fit(x[:8]).matrix.shape == (8, 8)  # a too-small corpus fails in the runner, before encoding
+
+
+def test_whitening_k_fits_on_fewer_sentences_than_dimensions():
+    """Su et al.'s whitening-K needs K + 1 sentences, not the hidden size + 1: on 20 sentences in
+    32 dimensions the covariance has rank 19, and its top 8 directions whiten exactly."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 32)) @ rng.normal(size=(32, 32))
+    y = Whitening.fit(x, keep=8).apply(torch.from_numpy(x).float()).double().numpy()
+    np.testing.assert_allclose(np.cov(y.T), np.eye(8), atol=1e-3)
+    assert Whitening.fit(x[:9], keep=8).matrix.shape == (32, 8)  # K + 1 is enough
+    repeated = np.repeat(x[:5], 10, axis=0)  # 50 sentences, 5 different: 4 directions of variance
+    w = Whitening.fit(repeated, keep=8)  # the other 4 map to 0, never divided by a zero variance
+    assert np.isfinite(w.matrix).all() and not w.matrix[:, 4:].any()
+    y = w.apply(torch.from_numpy(repeated).float()).double().numpy()
+    np.testing.assert_allclose(np.cov(y[:, :4].T), np.eye(4), atol=1e-3)
 
 
 def test_parse_pooling_errors():
@@ -161,6 +175,57 @@ def test_cli_embed_outputs_and_errors(tmp_path, tiny_model):
     few = tmp_path / "few.txt"
     few.write_text("球队\n股票\n" * 5, encoding="utf-8")  # 10 sentences, 32 dimensions
     bad = cli("embed", "--fit", str(few), "-m", str(tiny_model), "--pooling", "whitening", "-o", str(tmp_path / "w"))
-    assert bad.returncode == 1 and "more sentences than dimensions" in bad.stderr.decode()
+    assert bad.returncode == 1 and "whitening needs more than 32 sentences to fit" in bad.stderr.decode()
     bad = cli("embed", "-", "-m", str(tiny_model), input=b"ok\n\xff\xfe\n")
     assert bad.returncode == 1 and "<stdin>:2: invalid UTF-8" in bad.stderr.decode()
+
+
+def _corpus(path, n: int, seed: int = 3):
+    """``n`` different sentences, one a line, with blank lines between (not counted)."""
+    path.write_text("\n\n".join(text for _, text in synthetic_news(n, seed)) + "\n", encoding="utf-8")
+    return path
+
+
+def test_cli_fits_whitening_k_on_fewer_sentences_than_dimensions(tmp_path, tiny_model):
+    corpus = _corpus(tmp_path / "small.txt", 15)  # 29 lines, 15 sentences; the tiny model has 32 dimensions
+    cli("embed", "--fit", str(corpus), "-m", str(tiny_model), "--pooling", "whitening-8", "-o", str(tmp_path / "w"),
+        check=True)
+    proc = cli("embed", "-", "-m", str(tmp_path / "w"), input="球队比赛\n股票基金\n".encode(), check=True)
+    rows = [[float(x) for x in row.split("\t")] for row in proc.stdout.decode().splitlines()]
+    assert len(rows) == 2 and all(len(r) == 8 and all(np.isfinite(r)) for r in rows)
+
+
+def test_too_small_corpus_fails_before_encoding(tmp_path, tiny_model, monkeypatch):
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded before checking the corpus size")
+
+    monkeypatch.setattr(Embedder, "embed_many", no_encoding)
+    corpus = _corpus(tmp_path / "small.txt", 8)
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("球队\t股票\t1.0\n", encoding="utf-8")
+    for args, message in [
+        (["--fit", str(corpus), "--pooling", "whitening-8", "-o", str(tmp_path / "w")], "whitening-8 needs more than 8"),
+        (["--fit", str(corpus), "--pooling", "flow", "-o", str(tmp_path / "w")], "flow needs at least 64"),
+        (["eval", str(pairs), "--fit", str(corpus), "--pooling", "whitening"], "whitening needs more than 32"),
+    ]:
+        bad = cli(*(args if args[0] == "eval" else ["embed", *args]), "-m", str(tiny_model))
+        assert bad.returncode == 1, bad.stderr.decode()
+        assert f"{message} sentences to fit; {corpus} has 8" in bad.stderr.decode()
+        assert "Traceback" not in bad.stderr.decode()
+
+
+def test_all_poolings_skips_what_the_corpus_cannot_fit_and_scores_the_rest(tmp_path, tiny_model):
+    corpus = _corpus(tmp_path / "fit.txt", 40)  # whitening fits (> 32); flow needs 64; 256 > 32 dimensions
+    texts = [text for _, text in synthetic_news(12, 5)]
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{a}\t{b}\t{i % 5}\n" for i, (a, b) in enumerate(zip(texts[::2], texts[1::2]))),
+                     encoding="utf-8")
+    proc = cli("eval", str(pairs), "-m", str(tiny_model), "--all-poolings", "--fit", str(corpus), check=True)
+    result = json.loads(proc.stdout.decode())
+    assert result.pop("skipped") == {
+        "whitening-256": "keeps 256 dimensions; the model has only 32",
+        "flow": f"needs at least 64 sentences to fit; {corpus} has 40",
+    }
+    assert set(result) == {"cls", "mean", "max", "mean_sqrt_len", "first-last-avg", "last2avg", "whitening"}
+    assert all(isinstance(v, float) for v in result.values())
+    assert f"skipped flow: needs at least 64 sentences to fit; {corpus} has 40" in proc.stderr.decode()

@@ -46,7 +46,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_model, news_
     assert killed.returncode == -9
     state = json.loads((resumed / "checkpoints" / "last" / "state.json").read_text())
     assert state["step"] == 6
-    assert not (resumed / "model.safetensors").exists()
+    # the output directory already holds the step-6 best, ready to use
+    shipped, best = _weights(resumed), _weights(resumed / "checkpoints" / "best")
+    assert shipped.keys() == best.keys() and all((shipped[name] == best[name]).all() for name in best)
 
     again = cli(*common, "-o", str(resumed))
     assert again.returncode != 0 and b"--resume" in again.stderr  # refuses to clobber a run

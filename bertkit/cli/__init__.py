@@ -1,7 +1,7 @@
 """The ``bertkit`` command line: a thin layer over the library.
 
 One module per command group (:mod:`.pretrain`, :mod:`.train`, :mod:`.classify`, :mod:`.embed`,
-:mod:`.correct`), registered here on the one Typer app (:mod:`.app`); the options several
+:mod:`.correct`, :mod:`.evaluate`), registered here on the one Typer app (:mod:`.app`); the options several
 commands share are defined once (:mod:`.options`).  A command parses, calls a runner or a
 training recipe, and prints.  Every command reads files or stdin (``-``), writes stdout or
 ``-o FILE``, and logs on stderr.  A :class:`~bertkit.core.errors.BertkitError` becomes one
@@ -14,14 +14,14 @@ import sys
 import typer
 
 from ..core.errors import BertkitError
-from . import classify, correct, embed, pretrain, train
+from . import classify, correct, embed, evaluate, pretrain, train
 from .app import app
 
 # the commands, in the order --help lists them
 app.command()(pretrain.pretrain)
 app.command()(train.train)
 app.command()(classify.predict)
-app.command(name="eval")(classify.evaluate)
+app.command(name="eval")(evaluate.evaluate)
 app.command()(embed.embed)
 app.command()(correct.correct)
 
@@ -34,8 +34,9 @@ def main() -> None:
 
     try:
         code = app(standalone_mode=False)
-    except BertkitError as exc:
-        _fail(str(exc), 1)
+    except BertkitError as exc:  # a usage error exits 2, an interrupted training run 130
+        exit_code = getattr(exc, "exit_code", 1)
+        _fail(f"{exc} (see --help)" if exit_code == 2 else str(exc), exit_code)
     except click_exc.NoArgsIsHelpError:
         sys.exit(0)  # the help has been shown
     except click_exc.UsageError as exc:
@@ -51,6 +52,8 @@ def main() -> None:
     except OSError as exc:  # unreadable input, unwritable output, full disk
         where = f": {exc.filename}" if exc.filename else ""
         _fail(f"{exc.strerror or exc}{where}", 1)
+    if code == 130:  # typer turns Ctrl-C into a silent exit 130
+        _fail("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)
 
 

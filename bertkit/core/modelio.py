@@ -31,7 +31,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .errors import BertkitError
-from .files import read_json, write_json_atomic
+from .files import read_json, settle_dir_modes, write_json_atomic
 from .weights import load_weights, save_weights
 
 # transformers reports each load (missing pooler, unused MLM head: expected when a pretrained
@@ -80,13 +80,20 @@ def resolve_model(name: str | os.PathLike | None, default: str = DEFAULT_MODEL) 
     return name
 
 
+# the encoders every command runs (checked in tests/test_modelio.py): BERT and the models that keep
+# its interface (input_ids, attention_mask, optional token_type_ids -> hidden states)
+ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "megatron-bert",
+                           "albert", "distilbert", "deberta", "deberta-v2"})
+
+
 def check_model_dir(path: Path) -> None:
     """Fail with one clear line unless ``path`` holds a complete, safe model."""
     if not path.is_dir():
         raise BertkitError(f"{path} is not a model directory")
     config = path / "config.json"
     if not config.exists():
-        raise BertkitError(f"{path} has no config.json: not a Hugging Face model directory")
+        raise BertkitError(_no_model_yet(path) if (path / "checkpoints").is_dir() else
+                           f"{path} has no config.json: not a Hugging Face model directory")
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, OSError):
@@ -101,6 +108,9 @@ def check_model_dir(path: Path) -> None:
         # a custom architecture would mean running code shipped with the model: never
         raise BertkitError(f"{path}: model_type {data.get('model_type')!r} needs custom code; bertkit loads only "
                            "architectures built into transformers or into bertkit")
+    if architecture == TRANSFORMERS and data.get("model_type") not in ENCODER_TYPES:
+        raise BertkitError(f"{path}: model_type {data.get('model_type')!r} is not a BERT-family encoder; bertkit "
+                           f"runs {', '.join(sorted(ENCODER_TYPES))}")
     has_safetensors = (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists()
     if not has_safetensors:
         if any(path.glob("*.bin")) or any(path.glob("*.pt")):
@@ -108,6 +118,13 @@ def check_model_dir(path: Path) -> None:
         raise BertkitError(f"{path} has no model.safetensors: the model directory is incomplete")
     if not ((path / "vocab.txt").exists() or (path / "tokenizer.json").exists()):
         raise BertkitError(f"{path} has no tokenizer (vocab.txt or tokenizer.json)")
+
+
+def _no_model_yet(path: Path) -> str:
+    """A training run's output directory gets its model at the first evaluation: before that (or
+    when the run was stopped before it) only ``checkpoints/`` is there; say how to go on."""
+    return (f"{path} has no model yet (its training stopped before the first evaluation): its checkpoints are in "
+            f"{path / 'checkpoints'}; continue with the same command plus --resume")
 
 
 def load_tokenizer(model: str):
@@ -143,6 +160,7 @@ def save_pretrained(model: PreTrainedModel, tokenizer, directory: Path, dtype: t
     model.save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    settle_dir_modes(tmp)  # safetensors writes its files 0600
     for item in tmp.iterdir():
         os.replace(item, directory / item.name)
     tmp.rmdir()

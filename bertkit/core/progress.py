@@ -17,7 +17,7 @@ def log(message: str, rank: int | None = None) -> None:
     if rank is None:
         rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
-        console.print(message, markup=False)
+        console.print(message, markup=False, soft_wrap=True)  # one message, one line: never cut at 80 columns
 
 
 class _Bar:

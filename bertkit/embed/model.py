@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..core.errors import BertkitError
+from ..core.progress import log
 
 BASE_POOLINGS = ("cls", "mean", "max", "mean_sqrt_len", "first-last-avg", "last2avg")
 ST_POOLING_MODES = {  # sentence-transformers Pooling config keys
@@ -130,20 +131,26 @@ class Whitening:
 
     @classmethod
     def fit(cls, vectors: np.ndarray, keep: int | None = None) -> "Whitening":
+        """Su et al. 2021, section 3: W = U diag(1/sqrt(s)) from the SVD of the covariance, its first
+        ``keep`` columns.  Only the kept directions need variance, so whitening-K fits on fewer
+        sentences than dimensions (more than K: :func:`.task.sentences_needed`).  A kept direction
+        without variance (repeated sentences; the zero-sum direction of a randomly initialised
+        BERT's LayerNorm) is mapped to 0, never divided by its zero singular value."""
         n, d = vectors.shape
-        if n <= d:
-            raise BertkitError(
-                f"whitening needs more sentences than dimensions: {n} sentences for {d} dimensions; "
-                "fit on a larger corpus"
-            )
         if keep is not None and keep > d:
             raise BertkitError(f"whitening-{keep}: the model has only {d} dimensions")
+        k = keep or d
         x = vectors.astype(np.float64)
         mean = x.mean(0)
-        cov = np.cov((x - mean).T)
-        u, s, _ = np.linalg.svd(cov)
-        w = u @ np.diag(1.0 / np.sqrt(np.maximum(s, 1e-12)))
-        return cls(mean, w[:, :keep] if keep else w)
+        centred = x - mean
+        u, s, _ = np.linalg.svd(centred.T @ centred / max(n - 1, 1))  # the covariance
+        s = s[:k]
+        varying = s > s[0] * d * np.finfo(np.float32).eps ** 2  # above the float32 vectors' rounding
+        rank = int(varying.sum())
+        if rank < k:
+            log(f"whitening: the {n} vectors vary in {rank} of the {k} kept directions; the other {k - rank} are set to 0")
+        scale = np.divide(1.0, np.sqrt(s), out=np.zeros_like(s), where=varying)
+        return cls(mean, u[:, :k] * scale)
 
     def weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         weight = torch.from_numpy(self.matrix.T.copy()).float()

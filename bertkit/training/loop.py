@@ -19,12 +19,19 @@ Reproducibility contract: the data order of epoch ``e`` is a permutation drawn f
 from a generator seeded by ``(seed, s, micro-batch, rank)``; dropout uses the global torch RNG,
 whose state is saved with each checkpoint.  A run killed after a checkpoint and resumed with
 ``resume=True`` therefore reaches the same weights as an uninterrupted run.
+
+An interrupted run leaves a usable output directory: from the first evaluation on it holds the
+model the run would ship if it ended there (the best so far), swapped in atomically whenever that
+changes.  Ctrl-C or SIGTERM ends :meth:`Trainer.fit` with :class:`TrainingInterrupted`, which says
+at which step and how to go on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +42,7 @@ from torch import nn
 
 from ..core.device import default_device, module_device
 from ..core.errors import BertkitError
-from ..core.files import write_json_atomic
+from ..core.files import atomic_entries, write_json_atomic
 from ..core.progress import log, training_progress
 from ..core.weights import load_weights, unwrap
 from .checkpoints import all_rng_states, checkpoint_dir, load_checkpoint, save_checkpoint, save_model_weights
@@ -70,6 +77,42 @@ class TrainConfig:
     # activation recomputation, applied by the loop to the task's model before training
     recompute: RecomputeOptions = field(default_factory=RecomputeOptions)
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in trainer_state.json
+
+
+class TrainingInterrupted(BertkitError):
+    """Ctrl-C or SIGTERM stopped training.  Not a KeyboardInterrupt: typer turns those into a
+    silent exit 130, and the user needs the step and how to go on; ``exit_code`` is the shell's
+    (128 + the signal)."""
+
+    def __init__(self, step: int, total: int, saved: int | None, signum: int = signal.SIGINT):
+        how = (f"--resume continues from step {saved}, the last checkpoint" if saved is not None else
+               "it had no checkpoint yet: run the command again to start over")
+        super().__init__(f"interrupted at step {step} of {total}; {how}")
+        self.step, self.exit_code = step, 128 + signum
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that both stop training alike."""
+
+    signum = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (``kill``, a job scheduler, torchrun stopping its workers) stops training as Ctrl-C
+    does; handlers are set from the main thread only, elsewhere SIGTERM keeps its default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class TrainTask(Protocol):
@@ -237,6 +280,17 @@ class Trainer:
         return best is None or metrics[key] > best
 
     def fit(self) -> dict:
+        """Train to the end (or to ``--max-minutes``) and save; see the module docstring."""
+        self.state: dict = {"step": 0, "best_metric": None, "best_step": None, "history": []}
+        self.saved_step: int | None = None  # the step of the newest resumable checkpoint
+        try:
+            with _sigterm_interrupts():
+                return self._fit()
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            raise TrainingInterrupted(self.state["step"], self.total_steps, self.saved_step, signum) from None
+
+    def _fit(self) -> dict:
         cfg, task = self.cfg, self.task
         torch.manual_seed(cfg.seed + self.rank)  # ranks must not share dropout masks
         model = task.model.to(default_device())
@@ -247,13 +301,14 @@ class Trainer:
         warmup = int(cfg.warmup_ratio * self.total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(self.total_steps, warmup))
 
-        state = {"step": 0, "best_metric": None, "best_step": None, "history": []}
+        state = self.state
         last = self.ckpt_dir / "last"
         found = checkpoint_dir(last)  # every rank checks, so every rank fails alike
         if cfg.resume:
             if found is None:
                 raise BertkitError(f"--resume: no checkpoint in {last}")
-            state = load_checkpoint(found, model, optimizer, scheduler, self.rank, self.world_size)
+            self.state = state = load_checkpoint(found, model, optimizer, scheduler, self.rank, self.world_size)
+            self.saved_step = state["step"]
             log(f"resumed from {found} at step {state['step']}", rank=self.rank)
         elif found is not None or (self.out / "trainer_state.json").exists():
             raise BertkitError(f"{self.out} already holds a training run; pass --resume to continue it or pick a new -o")
@@ -284,19 +339,33 @@ class Trainer:
                     running = []
                     state["history"].append({"step": state["step"], **metrics})
                     bar.report(state["step"], metrics)
-                    if self.rank == 0 and self._is_better(metrics, state["best_metric"]):
-                        state["best_metric"], state["best_step"] = metrics[cfg.metric], state["step"]
-                        save_model_weights(self.ckpt_dir / "best", model)
+                    if self.rank == 0:
+                        self._keep(model, metrics, state, done)
                 if state["step"] % save_every == 0 or done:
                     rng_states = all_rng_states(self.world_size)
                     if self.rank == 0:
                         save_checkpoint(last, model, optimizer, scheduler, state, rng_states)
+                    self.saved_step = state["step"]
                 barrier()
                 if done:
                     break
         if state["step"] < self.total_steps:
             log(f"stopped at step {state['step']} of {self.total_steps}: --max-minutes reached; --resume continues", rank=self.rank)
         return self._finish(model, state, time.time() - start)
+
+    def _keep(self, model, metrics: dict, state: dict, done: bool) -> None:
+        """After an evaluation (rank 0): a new best goes to ``checkpoints/best``, and the model the
+        run would ship if it ended now (that best; with none, e.g. no dev set, the current weights)
+        into the output directory, so an interrupted run leaves a loadable one.  The last
+        evaluation's is left to :meth:`_finish`, which saves the final model there anyway."""
+        better = self._is_better(metrics, state["best_metric"])
+        if better:
+            state["best_metric"], state["best_step"] = metrics[self.cfg.metric], state["step"]
+            save_model_weights(self.ckpt_dir / "best", model)
+        if not done and (better or not (self.ckpt_dir / "best").exists()):
+            # config.json last: loaders look for it first, so a first model appears all at once
+            with atomic_entries(self.out, last="config.json") as staging:
+                self.task.save(unwrap(model), staging)
 
     def _out_of_time(self, start: float, model) -> bool:
         if not self.cfg.max_minutes:
