@@ -27,7 +27,7 @@ weights() { sha256sum "$@" | cut -c1-16; }
 run correct correct examples/typos.txt
 run correct_details correct examples/typos.txt --details
 run correct_all correct examples/typos.txt --candidates all --threshold 0.3
-run correct_eval correct --eval "$W/s15.tsv"
+run correct_eval eval "$W/s15.tsv" --task correct
 run train train data/demo/news_train.tsv --dev data/demo/news_dev.tsv -o "$W/news" --max-steps 12 --eval-every 6 --batch-size 16
 weights "$W/news/model.safetensors" >> "$OUT/train.out"
 python -c "import json,sys; s=json.load(open(sys.argv[1])); print(s['step'], s['best_step'], s['best_metric'], s['history'])" \
@@ -38,7 +38,7 @@ run train_recompute train data/demo/news_train.tsv -o "$W/news_rc" --max-steps 3
 weights "$W/news_rc/model.safetensors" >> "$OUT/train_recompute.out"
 run embed_mean embed data/demo/news_texts.txt
 run embed_fla embed data/demo/news_texts.txt --pooling first-last-avg --normalize --precision int8
-run embed_eval embed --eval "$W/sts_dev.tsv" --all-poolings --fit "$W/fit.txt"
+run embed_eval eval "$W/sts_dev.tsv" --all-poolings --fit "$W/fit.txt"
 run embed_fit embed --fit "$W/fit.txt" --pooling whitening-64 -o "$W/white"
 run embed_white embed data/demo/news_texts.txt -m "$W/white"
 run pretrain pretrain "$W/corpus.txt" -o "$W/pt" --max-steps 4 --batch-size 8 --layers 2 --hidden 64 --heads 2 --prune-vocab

@@ -40,16 +40,16 @@ mkdir -p "$RUNS"
 smoke_pretrain() {
     head -n 2000 "$CORPUS" > "$RUNS/smoke_corpus.txt"
     "${BERTKIT[@]}" pretrain "$RUNS/smoke_corpus.txt" -o "$RUNS/smoke-pre" --prune-vocab --max-steps 5 \
-        --batch-size 16 --eval-every 5 --bf16 --save-fp16 --dev-fraction 0.02
+        --batch-size 16 --eval-every 5 --compute bfloat16 --save-fp16 --dev-fraction 0.02
 }
 smoke_correct_kind() {  # $1 = base model, $2 = soft or plain: both stages, with the real runs' options
     local opts=(--detector-lr 10 --residual-init 0)
     [ "$2" = plain ] && opts=(--plain)
     "${BERTKIT[@]}" train --task correct --synthetic "$RUNS/smoke_synthetic.txt" --dev "$CSC/dev.tsv" \
-        -m "$1" -o "$RUNS/smoke-$2" --max-steps 5 --batch-size 16 --eval-every 5 --bf16 "${opts[@]}" || return 1
+        -m "$1" -o "$RUNS/smoke-$2" --max-steps 5 --batch-size 16 --eval-every 5 --compute bfloat16 "${opts[@]}" || return 1
     [ "$2" = soft ] && opts=(--detector-lr 10)
     "${BERTKIT[@]}" train --task correct "$CSC/train.tsv" --dev "$CSC/dev.tsv" -m "$RUNS/smoke-$2" \
-        -o "$RUNS/smoke-$2-2" --max-steps 5 --batch-size 16 --eval-every 5 --bf16 "${opts[@]}"
+        -o "$RUNS/smoke-$2-2" --max-steps 5 --batch-size 16 --eval-every 5 --compute bfloat16 "${opts[@]}"
 }
 smoke_correct() {  # $1 = base model
     head -n 2000 "$CSC/synthetic.txt" > "$RUNS/smoke_synthetic.txt"
@@ -65,7 +65,7 @@ pretrain() {  # $1 = peak learning rate
     timeout 420 "${BERTKIT[@]}" pretrain "$CORPUS" -o "$RUNS/zh-mini-lr$1" --prune-vocab \
         --hidden 256 --layers 4 --heads 4 --max-length 128 --batch-size 256 --lr "$1" --warmup 0.06 \
         --max-steps 10000 --max-minutes "$PRETRAIN_MINUTES" --eval-every 500 --save-every 1000 \
-        --save-fp16 --seed 42 --threads 2 --bf16 > "$RUNS/zh-mini-lr$1.log" 2>&1
+        --save-fp16 --seed 42 --threads 2 --compute bfloat16 > "$RUNS/zh-mini-lr$1.log" 2>&1
 }
 
 held_out_accuracy() {
@@ -77,19 +77,19 @@ stage1() {  # $1 = run name, $2 = peak learning rate, then the kind's options
     timeout 330 "${BERTKIT[@]}" train --task correct "$CSC/train.tsv" --synthetic "$CSC/synthetic.txt" \
         --dev "$CSC/dev.tsv" -m "$BASE" -o "$RUNS/$name" --max-steps "$STAGE1_STEPS" --max-minutes "$STAGE1_MINUTES" \
         --batch-size 64 --lr "$lr" --warmup 0.06 --eval-every 500 --save-every 500 --seed 42 --threads 2 \
-        --bf16 --save-fp16 "$@" > "$RUNS/$name.log" 2>&1
+        --compute bfloat16 --save-fp16 "$@" > "$RUNS/$name.log" 2>&1
 }
 
 stage2() {  # $1 = run name, $2 = stage-1 corrector, $3 = steps:lr:eval-every, then the kind's options
     local name=$1 from=$2 steps lr every; IFS=: read -r steps lr every <<< "$3"; shift 3
     timeout 300 "${BERTKIT[@]}" train --task correct "$CSC/train.tsv" --dev "$CSC/dev.tsv" -m "$from" \
         -o "$RUNS/$name" --max-steps "$steps" --max-minutes "$STAGE2_MINUTES" --batch-size 32 --lr "$lr" \
-        --warmup 0.1 --eval-every "$every" --save-every "$every" --seed 42 --threads 2 --bf16 --save-fp16 "$@" \
+        --warmup 0.1 --eval-every "$every" --save-every "$every" --seed 42 --threads 2 --compute bfloat16 --save-fp16 "$@" \
         > "$RUNS/$name.log" 2>&1
 }
 
 tuned_f1() {  # $1 = corrector: sets its default threshold on dev (confusion-set decoding), prints dev correction F1
-    "${BERTKIT[@]}" correct --eval "$CSC/dev.tsv" -m "$1" --tune 2>/dev/null | tail -n 1 |
+    "${BERTKIT[@]}" eval "$CSC/dev.tsv" -m "$1" --tune 2>/dev/null | tail -n 1 |
         python3 -c "import json,sys; print(json.loads(sys.stdin.read())['cor_f1'])" 2>/dev/null || echo -1
 }
 

@@ -245,11 +245,11 @@ def test_cli_train_correct_and_eval(tiny_model, tmp_path):
     assert manifest["kind"] == "corrector" and manifest["parts"] == {"detector": "detector.safetensors"}
     assert meta["kind"] == "soft-masked" and meta["threshold"] in THRESHOLD_GRID  # tuned on dev
     assert (out / "confusion.tsv").exists()
-    scores = json.loads(cli("correct", "--eval", str(pairs), "-m", str(out), check=True).stdout)
+    scores = json.loads(cli("eval", str(pairs), "-m", str(out), check=True).stdout)
     assert {"det_f1", "cor_f1", "fpr", "char_cor_f1"} <= set(scores) and scores["n"] == 16
     assert scores["candidates"] == "confusion"
     (out / "bertkit.json").write_text(json.dumps(manifest | {"config": meta | {"threshold": 0.77}}))
-    tuned = json.loads(cli("correct", "--eval", str(pairs), "-m", str(out), "--tune", check=True).stdout)
+    tuned = json.loads(cli("eval", str(pairs), "-m", str(out), "--tune", check=True).stdout)
     assert json.loads((out / "bertkit.json").read_text())["config"]["threshold"] == tuned["threshold"] != 0.77
     text = "我爱北经\n\nhello\n".encode()
     plain = cli("correct", "-", "-m", str(out), input=text, check=True).stdout.decode().split("\n")

@@ -21,6 +21,16 @@ class Example:
     lineno: int = 0
 
 
+def as_example(item) -> Example:
+    """An :class:`Example` from what a library caller has: a text, a (text_a, text_b) pair, or an Example."""
+    if isinstance(item, Example):
+        return item
+    if isinstance(item, str):
+        return Example(item)
+    text, text_b = item
+    return Example(text, text_b)
+
+
 def _field(record: dict, name: str, path: str, lineno: int) -> str:
     value = record.get(name)
     if not isinstance(value, str):

@@ -15,7 +15,7 @@ from ..core.encoding import TextEncoder, TokenWindow
 from ..core.metrics import accuracy, macro_f1
 from ..core.runner import Runner
 from ..core.textio import map_in_order
-from .data import Example, check_labels
+from .data import Example, as_example, check_labels
 from .model import load_classifier
 
 
@@ -47,10 +47,15 @@ class Classifier(Runner):
             i += len(item)
         return out
 
+    def predict(self, texts) -> Iterator[tuple[str, dict[str, float]]]:
+        """(label, {label: probability}) for each text (a str or a (text_a, text_b) pair), in input order."""
+        for probs in self.predict_proba(texts):
+            yield self.labels[int(probs.argmax())], dict(zip(self.labels, probs.tolist()))
+
     def predict_proba(self, examples) -> Iterator[torch.Tensor]:
-        """Class probabilities of each example, in input order (windows averaged)."""
+        """Class probabilities of each example (an Example, a str or a pair), in input order (windows averaged)."""
         self.model.eval()
-        encoded = (self.encoder.encode(ex.text, ex.text_b) for ex in examples)
+        encoded = (self.encoder.encode(ex.text, ex.text_b) for ex in map(as_example, examples))
         yield from map_in_order(
             encoded, self._probabilities, length=lambda ws: sum(len(w.input_ids) for w in ws), batch_size=self.batch_size
         )

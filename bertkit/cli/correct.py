@@ -5,8 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..core.errors import BertkitError
-from .options import Compute, OutputOpt, Threads, print_json, set_threads
+from .options import Compute, Encoding, OutputOpt, Overwrite, Threads, check_inputs, deprecated, print_json, set_threads
 
 # the options of `bertkit train --task correct` (name -> (annotation, default)), added to `train`
 TRAIN_OPTIONS = {
@@ -40,38 +39,69 @@ def train_corrector(train_file, dev, model, cfg, max_length: int, save_fp16: boo
                          detector_lr=detector_lr, residual_init=residual_init)
 
 
+Threshold = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="correct: change a character only when the model gives its correction at least this probability: higher = fewer, surer changes (default: the model's, tuned on dev when it was trained).")]
+Tune = Annotated[bool, typer.Option("--tune", help="correct: pick the threshold with the best correction F1 on the eval pairs and save it in the model as its default.")]
+Candidates = Annotated[str, typer.Option(help="correct: confusion: replace a character only by one of its confusion set (same/similar pinyin or shape); all: by any Chinese character (the paper's decoding).")]
+CorrectorOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Corrector directory (default: the shipped bertkit-zh-csc).")]
+MaxLength = Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer lines are corrected in overlapping windows, never cut.")]
+
+
 def correct(
-    input_file: Annotated[Optional[str], typer.Argument(metavar="[INPUT]", help="Text to correct, one sentence or paragraph a line ('-' for stdin).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Corrector directory (default: the shipped bertkit-zh-csc).")] = None,
+    input_file: Annotated[Optional[str], typer.Argument(metavar="INPUT", help="Text to correct, one sentence or paragraph a line ('-' for stdin).")] = None,
+    model: CorrectorOpt = None,
     output: OutputOpt = None,
+    overwrite: Overwrite = False,
     details: Annotated[bool, typer.Option("--details", help="JSON lines: the corrected text and each change (position, original, correction, probability, detection).")] = False,
-    threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Change a character only when the model gives its correction at least this probability: higher = fewer, surer changes (default: the model's, tuned on dev when it was trained).")] = None,
-    eval_pairs: Annotated[Optional[str], typer.Option("--eval", help="Score on source<TAB>target pairs: SIGHAN sentence-level detection/correction P/R/F1, FPR and character-level scores, as one JSON line.")] = None,
-    tune: Annotated[bool, typer.Option("--tune", help="With --eval DEV: pick the threshold with the best correction F1 on DEV and save it in the model as its default.")] = False,
-    candidates: Annotated[str, typer.Option(help="confusion: replace a character only by one of its confusion set (same/similar pinyin or shape); all: by any Chinese character (the paper's decoding).")] = "confusion",
-    max_length: Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer lines are corrected in overlapping windows, never cut.")] = 128,
+    threshold: Threshold = None,
+    candidates: Candidates = "confusion",
+    eval_pairs: Annotated[Optional[str], typer.Option("--eval", hidden=True, help="Deprecated: bertkit eval PAIRS -m DIR.")] = None,
+    tune: Annotated[bool, typer.Option("--tune", hidden=True, help="Deprecated: bertkit eval PAIRS --tune.")] = False,
+    max_length: MaxLength = 128,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 64,
     compute: Compute = "float32",
     threads: Threads = None,
+    encoding: Encoding = None,
 ):
     """Chinese spelling correction: one corrected line per input line; only Chinese characters change."""
+    from ..core.errors import UsageError
+    from ..core.files import check_output_file
+
+    if eval_pairs is not None:
+        deprecated("bertkit correct --eval PAIRS", "bertkit eval PAIRS --task correct")
+        if input_file is not None:
+            raise UsageError("give INPUT (to correct) or --eval PAIRS (to score), not both")
+        check_inputs(eval_pairs, encoding=encoding)
+        set_threads(threads)
+        return evaluate_corrector(eval_pairs, model, threshold, tune, candidates, max_length, batch_size, compute)
+    if input_file is None:
+        raise UsageError("missing INPUT: a text file to correct, or - for stdin")
+    if tune:
+        raise UsageError("--tune goes with bertkit eval PAIRS --task correct")
+    check_inputs(input_file, encoding=encoding)
+    check_output_file(output, overwrite)
     from ..core.textio import output_stream, read_texts
-    from ..correct.data import read_correction_pairs
     from ..correct.runner import Corrector, change_record
 
     set_threads(threads)
-    if (input_file is None) == (eval_pairs is None):
-        raise BertkitError("give exactly one of INPUT (correct) or --eval PAIRS (score)")
-    if tune and (not eval_pairs or threshold is not None):
-        raise BertkitError("--tune needs --eval DEV.tsv and no --threshold")
     corrector = Corrector.load(model, threshold=threshold, batch_size=batch_size, max_length=max_length,
                                compute=compute, candidates=candidates)
-    if eval_pairs:
-        scores = corrector.evaluate(read_correction_pairs(eval_pairs), tune=tune)
-        if tune:
-            corrector.save_threshold()
-        print_json(scores)
-        return
     with output_stream(output) as out:
         for text, changes in corrector.correct(read_texts(input_file)):
             out.write((change_record(text, changes) if details else text) + "\n")
+
+
+def evaluate_corrector(pairs_file: str, model: str | None, threshold: float | None, tune: bool, candidates: str,
+                       max_length: int, batch_size: int, compute: str) -> None:
+    """``bertkit eval`` on a corrector: SIGHAN scores as one JSON line; ``tune`` saves the best threshold."""
+    from ..core.errors import UsageError
+    from ..correct.data import read_correction_pairs
+    from ..correct.runner import Corrector
+
+    if tune and threshold is not None:
+        raise UsageError("--tune picks the threshold itself: give no --threshold")
+    corrector = Corrector.load(model, threshold=threshold, batch_size=batch_size, max_length=max_length,
+                               compute=compute, candidates=candidates)
+    scores = corrector.evaluate(read_correction_pairs(pairs_file), tune=tune)
+    if tune:
+        corrector.save_threshold()
+    print_json(scores)

@@ -1,53 +1,100 @@
-"""``bertkit embed``: sentence vectors, fitting whitening or flow, and STS evaluation."""
+"""``bertkit embed``: sentence vectors, and fitting whitening or flow; the embedding half of
+``bertkit eval`` (Spearman on STS pairs)."""
 
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ..core.errors import BertkitError
-from .options import Compute, ModelOpt, Threads, print_json, set_threads
+from ..core.errors import UsageError
+from .options import Compute, Encoding, ModelOpt, Overwrite, Threads, check_inputs, deprecated, print_json, set_threads
+
+Pooling = Annotated[Optional[str], typer.Option(help="embed: cls, mean, max, mean_sqrt_len, first-last-avg, last2avg, whitening, whitening-K, flow (default: the model's saved pooling, else mean).")]
+BasePooling = Annotated[str, typer.Option(help="embed: the pooling that whitening and flow start from.")]
+AllPoolings = Annotated[bool, typer.Option("--all-poolings", help="embed: score every pooling in one encoder pass (whitening needs --fit; one the corpus is too small to fit is skipped, with the reason).")]
+Fit = Annotated[Optional[str], typer.Option(metavar="CORPUS", help="embed: unlabelled text (one sentence a line, blank lines skipped) to fit --pooling whitening or flow on (whitening-K needs more than K sentences, flow at least 64).")]
 
 
 def embed(
-    input_file: Annotated[Optional[str], typer.Argument(metavar="[INPUT]", help="Texts, one a line ('-' for stdin); blank lines give the empty text's vector.")] = None,
+    input_file: Annotated[Optional[str], typer.Argument(metavar="INPUT", help="Texts, one a line ('-' for stdin); blank lines give the empty text's vector.")] = None,
     model: ModelOpt = None,
-    pooling: Annotated[Optional[str], typer.Option(help="cls, mean, max, mean_sqrt_len, first-last-avg, last2avg, whitening, whitening-K, flow (default: the model's saved pooling, else mean).")] = None,
-    base_pooling: Annotated[str, typer.Option(help="Pooling that whitening and flow start from.")] = "first-last-avg",
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Embeddings: .npy, .jsonl or .tsv (default: TSV on stdout). With --fit: the new model directory.")] = None,
-    fit: Annotated[Optional[str], typer.Option(help="Fit the --pooling whitening or flow on this unlabelled text (one a line) and save model+pooling+transform to -o DIR, loadable by sentence-transformers.")] = None,
-    eval_pairs: Annotated[Optional[str], typer.Option("--eval", help="Score on STS pairs (s1<TAB>s2<TAB>score): Spearman x 100 of cosine similarity, as JSON.")] = None,
-    all_poolings: Annotated[bool, typer.Option("--all-poolings", help="With --eval: every pooling in one encoder pass (whitening needs --fit).")] = False,
+    pooling: Pooling = None,
+    base_pooling: BasePooling = "first-last-avg",
+    output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="FILE|DIR", help="Embeddings to FILE: .npy, .jsonl or .tsv (default: TSV on stdout). With --fit: the new model DIR, loadable by sentence-transformers. An existing one needs --overwrite.")] = None,
+    overwrite: Overwrite = False,
+    fit: Fit = None,
+    eval_pairs: Annotated[Optional[str], typer.Option("--eval", hidden=True, help="Deprecated: bertkit eval PAIRS.")] = None,
+    all_poolings: Annotated[bool, typer.Option("--all-poolings", hidden=True, help="Deprecated: bertkit eval PAIRS --all-poolings.")] = False,
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise each vector.")] = False,
     precision: Annotated[str, typer.Option(help="float32, float16, int8 (needs --normalize) or binary (sign bits, packed).")] = "float32",
     max_length: Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer texts are split into windows and pooled together, never cut.")] = 512,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass (sorted by length within a window of 4096).")] = 64,
     compute: Compute = "float32",
     threads: Threads = None,
+    encoding: Encoding = None,
 ):
-    """Sentence embeddings: one vector per input line, in input order; fit whitening; evaluate on STS."""
-    from ..core.textio import read_texts
-    from ..embed.data import read_sts_pairs, write_vectors
-    from ..embed.model import ALL_POOLINGS, parse_pooling
-    from ..embed.runner import Embedder, default_pooling, fit_and_save
+    """Sentence embeddings: one vector per input line, in input order; or fit whitening / flow into a new model."""
+    from ..core.files import check_output_dir, check_output_file
 
+    if eval_pairs is not None:
+        deprecated("bertkit embed --eval PAIRS", "bertkit eval PAIRS")
+        if input_file is not None:
+            raise UsageError("give INPUT (to embed) or --eval PAIRS (to score), not both")
+        check_inputs(eval_pairs, fit, encoding=encoding)
+        set_threads(threads)
+        return evaluate_embeddings(eval_pairs, model, pooling, base_pooling, all_poolings, fit, max_length, batch_size, compute)
+    if all_poolings:
+        raise UsageError("--all-poolings goes with bertkit eval PAIRS")
+    if (input_file is None) == (fit is None):
+        raise UsageError("give INPUT (to embed) or --fit CORPUS -o DIR (to fit whitening or flow)")
+    if fit and not output:
+        raise UsageError("--fit needs -o DIR for the fitted model")
+    check_inputs(input_file, fit, encoding=encoding)
+    (check_output_dir if fit else check_output_file)(output, overwrite)
     set_threads(threads)
-    if sum(x is not None for x in (input_file, fit if not eval_pairs else None, eval_pairs)) != 1:
-        raise BertkitError("give exactly one of INPUT (embed), --fit CORPUS -o DIR, or --eval PAIRS [--fit CORPUS]")
-    embedder = Embedder.load(model, max_length=max_length, batch_size=batch_size, compute=compute)
-    if eval_pairs:
-        names = ALL_POOLINGS if all_poolings else [pooling or default_pooling(embedder)]
-        specs = [parse_pooling(p, base_pooling) for p in names]
-        fit_texts = list(read_texts(fit)) if fit else None
-        print_json(embedder.evaluate(read_sts_pairs(eval_pairs), specs, fit_texts))
-        return
     if fit:
-        if not output:
-            raise BertkitError("--fit needs -o DIR for the fitted model")
-        spec = parse_pooling(pooling or "whitening", base_pooling)
-        if not spec.fitted:
-            raise BertkitError(f"--fit needs a pooling to fit (whitening, whitening-K or flow), not {spec.name}")
-        fit_and_save(embedder, spec, read_texts(fit), Path(output))
-        return
-    spec = parse_pooling(pooling or default_pooling(embedder), base_pooling)
+        return fit_model(fit, model, pooling, base_pooling, Path(output), max_length, batch_size, compute)
+    from ..core.textio import read_texts
+    from ..embed.data import write_vectors
+    from ..embed.runner import Embedder
+
+    embedder = Embedder.load(model, max_length=max_length, batch_size=batch_size, compute=compute)
+    spec = _spec(pooling, base_pooling, embedder)
     write_vectors(embedder.embed(read_texts(input_file), spec), output, normalize=normalize, precision=precision)
+
+
+def _spec(pooling: str | None, base_pooling: str, embedder=None):
+    from ..embed.model import parse_pooling
+    from ..embed.runner import default_pooling
+
+    return parse_pooling(pooling or (default_pooling(embedder) if embedder else "whitening"), base_pooling)
+
+
+def fit_model(corpus: str, model: str | None, pooling: str | None, base_pooling: str, output: Path,
+              max_length: int, batch_size: int, compute: str) -> None:
+    """``embed --fit``: the whitening or flow of ``pooling`` fitted on ``corpus``, saved with the encoder."""
+    from ..embed.runner import Embedder, fit_and_save
+    from ..embed.task import read_fit_corpus
+
+    spec = _spec(pooling, base_pooling)
+    if not spec.fitted:
+        raise UsageError(f"--fit needs a pooling to fit (whitening, whitening-K or flow), not {spec.name}")
+    texts = read_fit_corpus(corpus)  # counted before the model loads
+    embedder = Embedder.load(model, max_length=max_length, batch_size=batch_size, compute=compute)
+    fit_and_save(embedder, spec, texts, output, corpus=corpus)
+
+
+def evaluate_embeddings(pairs_file: str, model: str | None, pooling: str | None, base_pooling: str, all_poolings: bool,
+                        fit: str | None, max_length: int, batch_size: int, compute: str) -> None:
+    """``bertkit eval`` on an encoder: Spearman x 100 on STS pairs, each pooling in one encoder pass."""
+    from ..embed.data import read_sts_pairs
+    from ..embed.model import ALL_POOLINGS, parse_pooling
+    from ..embed.runner import Embedder, default_pooling
+    from ..embed.task import read_fit_corpus
+
+    fit_texts = read_fit_corpus(fit) if fit else None  # counted before the model loads
+    embedder = Embedder.load(model, max_length=max_length, batch_size=batch_size, compute=compute)
+    names = ALL_POOLINGS if all_poolings else [pooling or default_pooling(embedder)]
+    specs = [parse_pooling(p, base_pooling) for p in names]
+    print_json(embedder.evaluate(read_sts_pairs(pairs_file), specs, fit_texts, corpus=fit,
+                                 skip_unfittable=all_poolings))

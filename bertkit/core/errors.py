@@ -8,3 +8,9 @@ what to fix, without a traceback.
 
 class BertkitError(Exception):
     """A user-facing error: bad input, a missing model, an impossible option."""
+
+
+class UsageError(BertkitError):
+    """A command given options that do not go together: exit code 2, as for any usage error."""
+
+    exit_code = 2

@@ -8,7 +8,7 @@ A runner wraps a model and its tokenizer for use (classify, embed, correct, ...)
 - ``Runner.load(path, **options)`` builds it from a model directory (``None``: the technique's
   shipped default), after :func:`bertkit.core.modelio.resolve_model` has checked the directory;
 - ``runner.evaluate(data, **options)`` returns the metrics dict that ``bertkit eval`` (or the
-  command's ``--eval``) prints as one JSON line;
+  ``bertkit eval``) prints as one JSON line;
 - the technique's own verbs (``predict_proba``, ``embed``, ``correct``) stream results in input
   order.
 

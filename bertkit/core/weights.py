@@ -6,12 +6,13 @@ Used for training checkpoints and for the parts a technique adds beside a transf
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .files import replace_file
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -42,7 +43,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    replace_file(tmp, path)
 
 
 def load_weights(model: nn.Module, path: Path, prefix: str | tuple[str, ...] = "",

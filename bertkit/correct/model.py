@@ -176,12 +176,18 @@ class SoftMaskedBert(nn.Module):
             modelio.save_part(self, directory, manifest, "detector", prefix=NEW_PARTS, dtype=dtype)
         manifest.save(directory)
 
-    @classmethod
-    def load(cls, path: str) -> "SoftMaskedBert":
+    @staticmethod
+    def manifest(path: str) -> modelio.Manifest:
+        """The directory's manifest, or one clear error if it holds no corrector (checked before any work)."""
         manifest = modelio.Manifest.read(Path(path))
         if manifest.kind != "corrector":
             raise BertkitError(f"{path} is not a spelling corrector; "
                                "train one with `bertkit train --task correct`")
+        return manifest
+
+    @classmethod
+    def load(cls, path: str) -> "SoftMaskedBert":
+        manifest = cls.manifest(path)
         meta = manifest.config
         try:
             kind, gru_hidden, lam, mask_id = meta["kind"], int(meta["gru_hidden"]), float(meta["lambda"]), int(meta["mask_id"])

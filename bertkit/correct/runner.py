@@ -109,6 +109,7 @@ class Corrector(Runner):
     @classmethod
     def load(cls, path: str | None = None, candidates: str = "confusion", **options) -> "Corrector":
         path = modelio.resolve_model(path, default=DEFAULT_CORRECTOR)
+        SoftMaskedBert.manifest(path)  # not a corrector: say so before building confusion sets
         tokenizer = modelio.load_tokenizer(path)
         confusion = read_confusion(Path(path), tokenizer) if candidates == "confusion" else None
         runner = cls(SoftMaskedBert.load(path), tokenizer, candidates=candidates, confusion=confusion, **options)
@@ -126,7 +127,7 @@ class Corrector(Runner):
         return csc_scores(sources, targets, [text for text, _ in self.correct(sources)])
 
     def evaluate(self, pairs: Sequence[Pair], tune: bool = False) -> dict:
-        """:meth:`scores` as the dict ``bertkit correct --eval`` prints (scores to 4 decimals)."""
+        """:meth:`scores` as the dict ``bertkit eval`` prints (scores to 4 decimals)."""
         scores = self.scores(pairs, tune)
         return ({k: round(v, 4) for k, v in asdict(scores).items()}
                 | {"n": len(pairs), "threshold": self.threshold, "candidates": self.candidates})

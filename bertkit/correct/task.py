@@ -57,7 +57,7 @@ class CorrectTask:
         if not self.dev:
             return {}
         sources, targets = [p.source for p in self.dev], [p.target for p in self.dev]
-        # model selection uses the paper's open-vocabulary decoding; `bertkit correct --eval DEV
+        # model selection uses the paper's open-vocabulary decoding; `bertkit eval DEV
         # --tune` re-tunes the threshold for whichever decoding the user runs
         corrector = Corrector(model, self.tokenizer, max_length=self.max_length, candidates="all")
         model.threshold, scores = tune_threshold(corrector, sources, targets)

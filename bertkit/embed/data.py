@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..core.errors import BertkitError
+from ..core.files import atomic_file
 from ..core.textio import output_stream, read_lines
 
 
@@ -97,12 +98,10 @@ def _write_npy(rows: Iterable[np.ndarray], path: Path) -> int:
         if first is None:
             raise BertkitError("no input lines: nothing to write")
         header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False, "shape": (n, first.shape[0])}
-        fd2, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd2, "wb") as out, open(raw_name, "rb") as raw:
+        with atomic_file(path, binary=True) as out, open(raw_name, "rb") as raw:
             np.lib.format.write_array_header_1_0(out, header)
             while chunk := raw.read(1 << 20):
                 out.write(chunk)
-        os.replace(tmp_name, path)
     finally:
         if os.path.exists(raw_name):
             os.unlink(raw_name)

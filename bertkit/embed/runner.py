@@ -24,9 +24,9 @@ from ..core.progress import log
 from ..core.runner import Runner
 from ..core.textio import map_in_order
 from .data import StsPairs
-from .model import PoolingSpec, combine_windows, pool_windows
+from .model import PoolingSpec, combine_windows, parse_pooling, pool_windows
 from .pipeline import load_pipeline, save_pipeline
-from .task import fit_transform
+from .task import fit_shortfalls, fit_transform, require_fit
 
 
 class Embedder(Runner):
@@ -95,18 +95,27 @@ class Embedder(Runner):
             )
         return self.transform
 
-    def embed(self, texts: Iterable[str], spec: PoolingSpec) -> Iterator[torch.Tensor]:
+    def embed(self, texts: Iterable[str], spec: PoolingSpec | str | None = None) -> Iterator[torch.Tensor]:
+        """One vector per text, in input order, with ``spec`` (a pooling or its name; default: the
+        model's saved pooling, else mean)."""
+        if not isinstance(spec, PoolingSpec):
+            spec = parse_pooling(spec or default_pooling(self))
         transform = self.transform_for(spec)
         for vectors in self.embed_many(texts, [spec.base]):
             v = vectors[spec.base]
             yield transform.apply(v) if transform is not None else v
 
     def evaluate(self, pairs: StsPairs, specs: Sequence[PoolingSpec], fit_texts: Sequence[str] | None = None,
-                 work_dir: Path | None = None) -> dict[str, float]:
+                 work_dir: Path | None = None, corpus: str = "the fit corpus", skip_unfittable: bool = False) -> dict:
         """Spearman x 100 of cosine similarity vs gold scores, for each pooling, in one encoder pass.
 
         Whitening is fitted on ``fit_texts`` (e.g. a train split), else taken from the model directory.
+        A transform too big for ``fit_texts`` fails the call before any encoding, or with
+        ``skip_unfittable`` (``--all-poolings``) is left out, logged and returned under ``"skipped"``
+        as {pooling: reason}, so the other poolings' scores are not lost.
         """
+        skipped = self._unfittable(specs, fit_texts, corpus, skip_unfittable)
+        specs = [s for s in specs if s.name not in skipped]
         s1, s2, gold = pairs
         bases = sorted({s.base for s in specs})
         vectors = list(self.embed_many(s1 + s2, bases))
@@ -126,7 +135,25 @@ class Embedder(Runner):
                 emb = transform.apply(emb)
             sims = cosine(emb[:n], emb[n:]).tolist()
             results[spec.name] = round(100 * spearman(sims, gold), 2)
-        return results
+        return {**results, "skipped": skipped} if skipped else results
+
+    def _unfittable(self, specs, fit_texts: Sequence[str] | None, corpus: str, skip: bool) -> dict[str, str]:
+        """{pooling: reason} for the transforms that cannot be had (an error unless ``skip``), known
+        before any encoding: too few ``fit_texts`` for one, or none given and none saved."""
+        if fit_texts is None:
+            reasons = {s.name: "needs --fit CORPUS to fit it on" for s in specs
+                       if s.fitted and (self.saved_spec != s or self.transform is None)}
+        else:
+            reasons = fit_shortfalls(specs, self.dim, len(fit_texts), corpus)
+        if not skip:
+            if fit_texts is not None:
+                require_fit(specs, self.dim, len(fit_texts), corpus)
+            for spec in (s for s in specs if s.name in reasons):
+                self.transform_for(spec)  # its error says how to fit one
+            return {}
+        for name, reason in reasons.items():
+            log(f"skipped {name}: {reason}")
+        return reasons
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -137,10 +164,14 @@ def default_pooling(embedder: Embedder) -> str:
     return embedder.saved_spec.name if embedder.saved_spec else "mean"
 
 
-def fit_and_save(embedder: Embedder, spec: PoolingSpec, texts: Iterable[str], directory: Path):
-    """Fit the whitening or flow of ``spec`` on ``texts`` and save the pipeline to ``directory``."""
+def fit_and_save(embedder: Embedder, spec: PoolingSpec, texts: Sequence[str], directory: Path,
+                 corpus: str = "the fit corpus"):
+    """Fit the whitening or flow of ``spec`` on ``texts`` and save the pipeline to ``directory``.
+
+    A corpus too small for the transform fails before the encoder pass over it."""
     transform = None
     if spec.fitted:
+        require_fit([spec], embedder.dim, len(texts), corpus)
         vectors = torch.stack([v[spec.base] for v in embedder.embed_many(texts, [spec.base])])
         transform = fit_transform(spec, vectors, Path(directory) / ".flow-training")
     save_pipeline(embedder.model, embedder.tokenizer, embedder.encoder.max_length, spec, transform, directory)

