@@ -74,8 +74,9 @@ def check_labels(examples: Sequence[Example], known: Sequence[str], path: str, w
             )
 
 
-def prediction_record(labels: Sequence[str], probs: torch.Tensor) -> str:
+def prediction_record(labels: Sequence[str], probs: torch.Tensor, extra: dict | None = None) -> str:
     best = int(probs.argmax())
     return json.dumps(
-        {"label": labels[best], "probs": {l: round(float(p), 6) for l, p in zip(labels, probs)}}, ensure_ascii=False
+        {"label": labels[best], "probs": {l: round(float(p), 6) for l, p in zip(labels, probs)}, **(extra or {})},
+        ensure_ascii=False,
     )

@@ -9,17 +9,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import classify, correct, embed
+from . import classify, correct, distill, embed
 from .options import Compute, Encoding, Threads, check_inputs, set_threads
 
 # task -> the options only it takes, with their defaults (a non-default value elsewhere is an error)
 TASK_ONLY = {
     "embed": {"pooling": None, "base_pooling": "first-last-avg", "all_poolings": False, "fit": None},
     "correct": {"threshold": None, "tune": False, "candidates": "confusion"},
-    "classify": {},
+    "classify": {"speed": None, "patience": None},
 }
 MAX_LENGTH = {"classify": 128, "embed": 512, "correct": 128}  # each technique's default window
-KIND_TASK = {"classifier": "classify", "corrector": "correct"}  # any other kind is an encoder: embed
+KIND_TASK = {"classifier": "classify", "early-exit-classifier": "classify", "corrector": "correct"}  # any other kind is an encoder: embed
 
 
 def evaluate(
@@ -33,13 +33,15 @@ def evaluate(
     threshold: correct.Threshold = None,
     tune: correct.Tune = False,
     candidates: correct.Candidates = "confusion",
+    speed: distill.Speed = None,
+    patience: distill.Patience = None,
     max_length: Annotated[Optional[int], typer.Option(min=8, max=4096, help="Tokens per window (default: 128; embed: 512); longer texts are split into windows, never cut.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     compute: Compute = "float32",
     threads: Threads = None,
     encoding: Encoding = None,
 ):
-    """Score a model: accuracy and macro F1 (classifier), Spearman x 100 (embeddings), SIGHAN scores (corrector)."""
+    """Score a model: accuracy and macro F1 (classifier; with early exit also speed), Spearman x 100 (embeddings), SIGHAN scores (corrector)."""
     from ..core.errors import UsageError
 
     if task is not None and task not in TASK_ONLY:
@@ -48,7 +50,7 @@ def evaluate(
     set_threads(threads)
     task = task or task_of(model)
     given = {"pooling": pooling, "base_pooling": base_pooling, "all_poolings": all_poolings, "fit": fit,
-             "threshold": threshold, "tune": tune, "candidates": candidates}
+             "threshold": threshold, "tune": tune, "candidates": candidates, "speed": speed, "patience": patience}
     for other, options in TASK_ONLY.items():
         wrong = [name for name, default in options.items() if other != task and given[name] != default]
         if wrong:
@@ -56,7 +58,7 @@ def evaluate(
             raise UsageError(f"{flag} is an option of --task {other}; this evaluates --task {task}")
     max_length = max_length or MAX_LENGTH[task]
     if task == "classify":
-        classify.evaluate_classifier(test_file, model, max_length, batch_size)
+        classify.evaluate_classifier(test_file, model, max_length, batch_size, speed, patience)
     elif task == "embed":
         embed.evaluate_embeddings(test_file, model, pooling, base_pooling, all_poolings, fit, max_length, batch_size, compute)
     else:

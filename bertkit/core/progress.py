@@ -59,7 +59,7 @@ class _Bar:
     def report(self, step: int, metrics: dict) -> None:
         if self.enabled and metrics:
             text = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-            (self.progress.console if self.live else console).print(f"step {step}: {text}", markup=False)
+            (self.progress.console if self.live else console).print(f"step {step}: {text}", markup=False, soft_wrap=True)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,183 @@
+"""Early exit by self-distillation: FastBERT (Liu et al., ACL 2020), with PABEE's patience rule
+(Zhou et al., NeurIPS 2020) beside it.
+
+A fine-tuned BERT classifier (the *teacher*: the backbone and its last-layer classifier) gets a
+small *student* classifier after every other layer.  Stage 2 of FastBERT freezes backbone and
+teacher and trains the students to match the teacher's distribution (section 3.2, "self-
+distillation": the sum over students of KL(p_student || p_teacher)), so unlabelled text serves
+as well as labelled.  At inference (section 3.3) a sample leaves at the first layer whose
+prediction is certain enough: normalised entropy H(p) / log N below ``speed``; or, with PABEE's
+rule, once ``patience`` consecutive classifiers have agreed with the one before.
+
+The student follows the paper's classifier (section 3.1, Table 1): a fully connected layer to 128
+dimensions (tanh), self-attention over the 128-wide tokens, a fully connected 128 -> 128 (tanh) on
+[CLS], and a fully connected layer to the N classes.
+
+Where we deviate, and why:
+- The teacher is the classifier `bertkit train` fine-tunes (BERT's own head: pooler + linear on
+  [CLS], Devlin et al. 2019), not a FastBERT-design classifier: the backbone and teacher then stay
+  a plain ``BertForSequenceClassification`` that transformers loads, and any fine-tuned classifier
+  can be given a fast path without retraining it.
+- The student's self-attention computes only the [CLS] query: the one output the next layer
+  uses, and the same value as full self-attention read at [CLS], for 1/T of the cost.
+- Two heads in the student's attention, as FastBERT's released code has it (the paper gives none).
+- PABEE trains its classifiers on the labels with a weighted loss; here the patience rule runs on
+  the same self-distilled students, so both rules are compared on one model.
+- Batched inference: a batch shrinks as samples leave (and its padding with it), where FastBERT
+  and DeeBERT run one sample at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..core.errors import BertkitError
+
+STUDENT_WIDTH, STUDENT_HEADS = 128, 2  # FastBERT Table 1; heads as in its released code
+
+
+class StudentClassifier(nn.Module):
+    """FastBERT's per-layer classifier (section 3.1): FC -> self-attention -> FC on [CLS] -> FC."""
+
+    def __init__(self, hidden: int, num_labels: int, width: int = STUDENT_WIDTH, heads: int = STUDENT_HEADS):
+        super().__init__()
+        self.narrow = nn.Linear(hidden, width)
+        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.dense = nn.Linear(width, width)
+        self.out = nn.Linear(width, num_labels)
+
+    def forward(self, hidden: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """Logits from a layer's token states; ``padding`` is True at padded positions."""
+        x = torch.tanh(self.narrow(hidden))
+        cls, _ = self.attention(x[:, :1], x, x, key_padding_mask=padding, need_weights=False)
+        return self.out(torch.tanh(self.dense(cls[:, 0])))
+
+
+def normalized_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """FastBERT's uncertainty (equation 6): H(p) / log N, in [0, 1]; 0 * log 0 counts as 0."""
+    n = probs.shape[-1]
+    terms = torch.where(probs > 0, probs * probs.clamp_min(1e-30).log(), torch.zeros_like(probs))
+    return -terms.sum(-1) / math.log(n)
+
+
+@dataclass(frozen=True)
+class ExitRule:
+    """When a sample leaves: ``speed`` (entropy below it) or ``patience`` (PABEE), never both."""
+
+    speed: float | None = None
+    patience: int | None = None
+
+    def __post_init__(self):
+        if (self.speed is None) == (self.patience is None):
+            raise BertkitError("give --speed or --patience, not both")
+        if self.speed is not None and not 0.0 <= self.speed <= 1.0:
+            raise BertkitError(f"--speed must be within [0, 1], not {self.speed}")
+        if self.patience is not None and self.patience < 1:
+            raise BertkitError(f"--patience must be at least 1, not {self.patience}")
+
+    def leaves(self, probs: torch.Tensor, streak: torch.Tensor) -> torch.Tensor:
+        """Which samples leave at this layer, given their probabilities and agreement streaks."""
+        if self.speed is not None:
+            return normalized_entropy(probs) < self.speed
+        return streak >= self.patience
+
+    @property
+    def name(self) -> str:
+        return f"speed {self.speed}" if self.speed is not None else f"patience {self.patience}"
+
+
+class EarlyExitClassifier(nn.Module):
+    """A fine-tuned ``BertForSequenceClassification`` (backbone + teacher head) with one student
+    classifier after each layer but the last, where the teacher speaks."""
+
+    def __init__(self, classifier: nn.Module, students: nn.ModuleList | None = None):
+        super().__init__()
+        self.classifier = classifier
+        base = classifier.base_model
+        if not all(hasattr(x, y) for x, y in [(base, "embeddings"), (base, "encoder"), (base, "pooler"),
+                                               (classifier, "classifier"), (classifier, "dropout")]) \
+                or base.pooler is None:
+            raise BertkitError("early exit needs a BERT classifier (BertForSequenceClassification: embeddings, "
+                               "layers, pooler and a linear head)")
+        cfg = classifier.config
+        self.layers = base.encoder.layer
+        self.students = students if students is not None else nn.ModuleList(
+            StudentClassifier(cfg.hidden_size, cfg.num_labels) for _ in range(len(self.layers) - 1))
+        if len(self.students) != len(self.layers) - 1:
+            raise BertkitError(f"{len(self.students)} students for {len(self.layers)} layers: the directory is corrupt")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def embed(self, input_ids, token_type_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states after the embeddings, and the additive attention mask the layers take."""
+        base = self.classifier.base_model
+        hidden = base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        # additive, broadcast over heads and queries: what BERT's eager and SDPA attention both add
+        mask = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        return hidden, mask
+
+    def layer(self, i: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.layers[i](hidden, attention_mask=mask)
+        return out[0] if isinstance(out, tuple) else out
+
+    def exit_logits(self, i: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Layer ``i``'s classifier: a student, or after the last layer the teacher."""
+        if i < len(self.students):
+            return self.students[i](hidden, attention_mask == 0)
+        head = self.classifier
+        return head.classifier(head.dropout(head.base_model.pooler(hidden)))
+
+    def all_logits(self, input_ids, token_type_ids, attention_mask) -> list[torch.Tensor]:
+        """Every classifier's logits (students first, teacher last), the whole batch to the end."""
+        hidden, mask = self.embed(input_ids, token_type_ids, attention_mask)
+        logits = []
+        for i in range(self.num_layers):
+            hidden = self.layer(i, hidden, mask)
+            logits.append(self.exit_logits(i, hidden, attention_mask))
+        return logits
+
+    @torch.inference_mode()
+    def early_exit(self, input_ids, token_type_ids, attention_mask, rule: ExitRule) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, exit layer 1..L) per sample.  Samples that leave are dropped from the
+        batch, and the padding columns no remaining sample needs are cut, so a sample that has
+        left costs nothing more."""
+        n = input_ids.shape[0]
+        probs_out = torch.zeros(n, self.classifier.config.num_labels)
+        layer_out = torch.zeros(n, dtype=torch.long)
+        active = torch.arange(n, device=input_ids.device)
+        lengths = attention_mask.sum(1)
+        hidden, mask = self.embed(input_ids, token_type_ids, attention_mask)
+        streak = torch.zeros(n, dtype=torch.long, device=input_ids.device)
+        previous = torch.full((n,), -1, dtype=torch.long, device=input_ids.device)
+        for i in range(self.num_layers):
+            hidden = self.layer(i, hidden, mask)
+            probs = self.exit_logits(i, hidden, attention_mask).float().softmax(-1)
+            guess = probs.argmax(-1)
+            streak = torch.where(guess == previous, streak + 1, torch.zeros_like(streak))
+            leave = rule.leaves(probs, streak) if i < self.num_layers - 1 else torch.ones_like(guess, dtype=torch.bool)
+            probs_out[active[leave].cpu()] = probs[leave].cpu()
+            layer_out[active[leave].cpu()] = i + 1
+            stay = ~leave
+            if not stay.any():
+                break
+            width = int(lengths[stay].max())  # length-sorted batches shrink their padding as they go
+            active, lengths, previous, streak = active[stay], lengths[stay], guess[stay], streak[stay]
+            hidden, mask, attention_mask = hidden[stay, :width], mask[stay][..., :width], attention_mask[stay, :width]
+        return probs_out, layer_out
+
+
+def distillation_loss(student_logits: list[torch.Tensor], teacher_logits: torch.Tensor) -> torch.Tensor:
+    """FastBERT's self-distillation loss (equation 5): sum over students of KL(p_s || p_t)."""
+    log_t = F.log_softmax(teacher_logits.float(), -1)
+    loss = teacher_logits.new_zeros((), dtype=torch.float32)
+    for logits in student_logits:
+        log_s = F.log_softmax(logits.float(), -1)
+        loss = loss + (log_s.exp() * (log_s - log_t)).sum(-1).mean()
+    return loss

@@ -1,0 +1,171 @@
+"""The early-exit runner: predictions with their exit layers, in input order, batched or one at
+a time; accuracy, mean exit layer, FLOPs ratio and wall-clock speedup against the full model.
+
+A directory is a fine-tuned ``BertForSequenceClassification`` (``AutoModel`` loads its backbone,
+``AutoModelForSequenceClassification`` backbone and teacher) with the students beside it in
+``students.safetensors``; ``bertkit.json`` (kind ``early-exit-classifier``) names the part and
+the exit rule's defaults (``speed`` or ``patience``), chosen on dev by ``--target-loss``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoModelForSequenceClassification
+
+from ..classify.data import Example, as_example, check_labels
+from ..core import modelio
+from ..core.device import module_device
+from ..core.encoding import TextEncoder, TokenWindow
+from ..core.errors import BertkitError
+from ..core.metrics import accuracy
+from ..core.runner import Runner
+from ..core.textio import map_in_order
+from .model import STUDENT_HEADS, STUDENT_WIDTH, EarlyExitClassifier, ExitRule
+
+KIND = "early-exit-classifier"
+PART = "students"
+
+
+class EarlyExitRunner(Runner):
+    """Classify with early exit: each sample leaves at the first layer the rule lets it."""
+
+    def __init__(self, model: EarlyExitClassifier, tokenizer, max_length: int = 128, batch_size: int = 64,
+                 rule: ExitRule | None = None):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        config = model.classifier.config
+        self.encoder = TextEncoder(tokenizer, min(max_length, config.max_position_embeddings))
+        self.batch_size = batch_size
+        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.rule = rule or ExitRule(speed=0.0)  # speed 0: nobody leaves early (the full model)
+
+    @classmethod
+    def load(cls, path: str | None = None, speed: float | None = None, patience: int | None = None,
+             **options) -> "EarlyExitRunner":
+        path = modelio.resolve_model(path)
+        manifest = modelio.Manifest.read(Path(path))
+        if manifest.kind != KIND:
+            raise BertkitError(f"{path} has no early-exit students: --speed and --patience need a model from "
+                               "`bertkit distill`")
+        classifier = modelio.load_model(path, AutoModelForSequenceClassification, dtype=torch.float32)
+        model = EarlyExitClassifier(classifier)
+        modelio.load_part(model, Path(path), manifest, PART, prefix="students.")
+        if speed is None and patience is None:
+            speed, patience = manifest.config.get("speed", 0.0), manifest.config.get("patience")
+            speed = None if patience is not None else speed
+        return cls(model, modelio.load_tokenizer(path), rule=ExitRule(speed=speed, patience=patience), **options)
+
+    def save(self, directory: Path, dtype: torch.dtype | None = None, **defaults) -> None:
+        """Backbone + teacher as a Hugging Face classifier, the students as a part, the rule's defaults."""
+        modelio.save_pretrained(self.model.classifier, self.tokenizer, directory, dtype=dtype)
+        old = modelio.Manifest.read(Path(directory)) if (Path(directory) / modelio.MANIFEST).exists() else None
+        kept = old.config if old is not None and old.kind == KIND else {}
+        config = {"speed": 0.0, **kept, "student": {"width": STUDENT_WIDTH, "heads": STUDENT_HEADS}, **defaults}
+        manifest = modelio.Manifest(KIND, config=config)
+        modelio.save_part(self.model, directory, manifest, PART, prefix="students.", dtype=dtype)
+        manifest.save(directory)
+
+    @staticmethod
+    def save_defaults(directory: str | Path, **defaults) -> None:
+        """Store the exit rule's defaults (``speed`` or ``patience``) in the directory's manifest."""
+        manifest = modelio.Manifest.read(Path(directory))
+        if manifest.kind != KIND:
+            raise BertkitError(f"{directory} has no early-exit students")
+        for rule in ("speed", "patience"):
+            if rule in defaults:
+                manifest.config.pop("patience" if rule == "speed" else "speed", None)
+        manifest.config.update(defaults)
+        manifest.save(Path(directory))
+
+    # ---------------------------------------------------------------- inference
+
+    def _batch(self, items: Sequence[list[TokenWindow]], rule: ExitRule) -> list[tuple[torch.Tensor, int]]:
+        windows = [w for item in items for w in item]
+        inputs = self.encoder.pad_batch(windows)
+        device = module_device(self.model)
+        probs, layers = self.model.early_exit(*(inputs[k].to(device) for k in ("input_ids", "token_type_ids", "attention_mask")), rule)
+        out, i = [], 0
+        for item in items:  # a long text's windows: probabilities averaged, the deepest exit counts
+            out.append((probs[i:i + len(item)].mean(0), int(layers[i:i + len(item)].max())))
+            i += len(item)
+        return out
+
+    def predict_with_exits(self, examples, rule: ExitRule | None = None,
+                           batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, int]]:
+        """(probabilities, exit layer) per example (an Example, a str or a pair), in input order."""
+        rule = rule or self.rule
+        encoded = (self.encoder.encode(ex.text, ex.text_b) for ex in map(as_example, examples))
+        yield from map_in_order(encoded, lambda batch: self._batch(batch, rule),
+                                length=lambda ws: sum(len(w.input_ids) for w in ws),
+                                batch_size=batch_size or self.batch_size)
+
+    def predict_proba(self, examples) -> Iterator[torch.Tensor]:
+        for probs, _ in self.predict_with_exits(examples):
+            yield probs
+
+    @torch.inference_mode()
+    def layer_accuracy(self, examples: Sequence[Example]) -> list[float]:
+        """Dev accuracy of every layer's classifier (students, then the teacher), all samples to the end."""
+        label_id = {label: i for i, label in enumerate(self.labels)}
+        correct = torch.zeros(self.model.num_layers)
+        for start in range(0, len(examples), self.batch_size):
+            chunk = examples[start:start + self.batch_size]
+            inputs = self.encoder.pad_batch([self.encoder.encode(ex.text, ex.text_b)[0] for ex in chunk])
+            gold = torch.tensor([label_id[ex.label] for ex in chunk])
+            for i, logits in enumerate(self.model.all_logits(inputs["input_ids"], inputs["token_type_ids"],
+                                                             inputs["attention_mask"])):
+                correct[i] += (logits.argmax(-1).cpu() == gold).sum()
+        return (correct / max(1, len(examples))).tolist()
+
+    # ---------------------------------------------------------------- measuring
+
+    def evaluate(self, examples: Sequence[Example], rule: ExitRule | None = None, batch_size: int | None = None,
+                 rounds: int = 3, source: str = "the data") -> dict:
+        """Accuracy with early exit and of the full model, mean exit layer, FLOPs ratio (full /
+        early exit, counted by torch.utils.flop_counter) and wall-clock speedup: the two timed in
+        turn over ``rounds`` rounds, the median ratio with its spread."""
+        rule = rule or self.rule
+        check_labels(examples, self.labels, source, "model's")
+        full_rule = ExitRule(speed=0.0)
+        outcome = {}
+        for name, r in (("exit", rule), ("full", full_rule)):
+            with FlopCounterMode(display=False) as counter:
+                results = list(self.predict_with_exits(examples, r, batch_size))
+            outcome[name] = (results, counter.get_total_flops())
+        gold = [ex.label for ex in examples]
+        exit_results = outcome["exit"][0]
+        ratios = self.speedups(examples, rule, batch_size, rounds) if rounds else []
+        return {
+            "accuracy": accuracy(gold, [self.labels[int(p.argmax())] for p, _ in exit_results]),
+            "accuracy_full": accuracy(gold, [self.labels[int(p.argmax())] for p, _ in outcome["full"][0]]),
+            "mean_exit_layer": statistics.fmean(layer for _, layer in exit_results),
+            "layers": self.model.num_layers,
+            "flops_ratio": outcome["full"][1] / max(1, outcome["exit"][1]),
+            "speedup": statistics.median(ratios) if ratios else None,
+            "speedup_min": min(ratios, default=None), "speedup_max": max(ratios, default=None),
+            "rule": rule.name, "batch_size": batch_size or self.batch_size, "n": len(examples),
+        }
+
+    def speedups(self, examples, rule: ExitRule, batch_size: int | None, rounds: int) -> list[float]:
+        """Full-model time / early-exit time, each round timing both in turn (order alternating).
+        The full model is the teacher's own forward (``BertForSequenceClassification``)."""
+        from ..classify.runner import Classifier
+
+        full = Classifier(self.model.classifier, self.tokenizer, max_length=self.encoder.max_length,
+                          batch_size=batch_size or self.batch_size)
+        runs = {"full": lambda: list(full.predict_proba(examples)),
+                "exit": lambda: list(self.predict_with_exits(examples, rule, batch_size))}
+        ratios = []
+        for r in range(rounds):
+            seconds = {}
+            for name in (("full", "exit") if r % 2 == 0 else ("exit", "full")):
+                start = time.perf_counter()
+                runs[name]()
+                seconds[name] = time.perf_counter() - start
+            ratios.append(seconds["full"] / seconds["exit"])
+        return ratios

@@ -1,0 +1,99 @@
+"""FastBERT's two training stages over the shared loop.
+
+Stage 1 (fine-tuning the backbone and teacher) is `bertkit train`'s classification recipe, run
+into ``DIR/stage1``; it is skipped when ``-m`` is already a fine-tuned classifier.  Stage 2
+(self-distillation) freezes backbone and teacher and trains the students on the training texts,
+labels unused, plus any ``--unlabelled`` text: each student learns the teacher's distribution
+(:func:`~.model.distillation_loss`).  The frozen part runs in eval mode (no dropout), so the
+students learn the distribution the teacher gives at inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..classify.data import Example, check_labels, load_labelled
+from ..classify.model import load_classifier
+from ..classify.task import run_training
+from ..core import modelio
+from ..core.encoding import TextEncoder, TokenWindow
+from ..core.progress import log
+from ..core.textio import read_texts
+from ..training import TrainConfig, Trainer
+from .model import EarlyExitClassifier, distillation_loss
+from .runner import EarlyExitRunner
+
+STAGE1 = "stage1"
+
+
+class DistillTask:
+    """Stage 2: the students learn the frozen teacher's distribution."""
+
+    def __init__(self, runner: EarlyExitRunner, texts: Sequence[Example], dev: Sequence[Example],
+                 save_dtype: torch.dtype | None = None):
+        self.runner, self.dev, self.save_dtype = runner, dev, save_dtype
+        self.model = runner.model
+        for p in self.model.classifier.parameters():
+            p.requires_grad_(False)
+        encoder: TextEncoder = runner.encoder
+        self.examples: list[TokenWindow] = [w for ex in texts for w in encoder.encode(ex.text, ex.text_b)]
+
+    def length(self, window: TokenWindow) -> int:
+        return len(window.input_ids)
+
+    def collate(self, windows, generator):
+        return self.runner.encoder.pad_batch(list(windows))
+
+    def loss(self, model, batch) -> torch.Tensor:
+        model.classifier.eval()  # frozen: the teacher's inference distribution, no dropout
+        with torch.no_grad():
+            hidden, mask = model.embed(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+            states = []
+            for i in range(model.num_layers):
+                hidden = model.layer(i, hidden, mask)
+                states.append(hidden)
+            teacher = model.exit_logits(model.num_layers - 1, hidden, batch["attention_mask"])
+        students = [model.exit_logits(i, h, batch["attention_mask"]) for i, h in enumerate(states[:-1])]
+        return distillation_loss(students, teacher)
+
+    def evaluate(self, model) -> dict[str, float]:
+        """Each student's dev accuracy and their mean (the checkpoint metric), teacher beside them."""
+        if not self.dev:
+            return {}
+        accuracy = self.runner.layer_accuracy(self.dev)
+        metrics = {f"acc_layer{i + 1}": a for i, a in enumerate(accuracy)}
+        return metrics | {"student_accuracy": sum(accuracy[:-1]) / (len(accuracy) - 1)}
+
+    def save(self, model, directory: Path) -> None:
+        self.runner.save(directory, dtype=self.save_dtype)
+
+
+def run_distillation(train_path: str, dev_path: str | None, model: str | None, cfg: TrainConfig,
+                     unlabelled: Sequence[str] = (), max_length: int = 128, save_fp16: bool = False,
+                     student_cfg: TrainConfig | None = None) -> dict:
+    """Both stages into ``cfg.output_dir``; stage 2 takes ``student_cfg`` (its own rate and length)."""
+    out = Path(cfg.output_dir)
+    path = modelio.resolve_model(model)
+    if modelio.Manifest.read(Path(path)).kind != "classifier":
+        stage1 = dataclasses.replace(cfg, output_dir=out / STAGE1, extra={**cfg.extra, "stage": 1})
+        log(f"stage 1: fine-tuning {path} with its classifier (the teacher) into {stage1.output_dir}")
+        run_training(train_path, dev_path, path, stage1, max_length=max_length, save_fp16=False)
+        path = str(out / STAGE1)
+    else:
+        log(f"stage 1 skipped: {path} is a fine-tuned classifier")
+    runner = EarlyExitRunner(EarlyExitClassifier(load_classifier(path)), modelio.load_tokenizer(path),
+                             max_length=max_length)
+    train = load_labelled(train_path)
+    dev = load_labelled(dev_path) if dev_path else []
+    check_labels(dev, runner.labels, dev_path or "", "model's")
+    texts = list(train) + [Example(t) for f in unlabelled for t in read_texts(f) if t.strip()]
+    task = DistillTask(runner, texts, dev, save_dtype=torch.float16 if save_fp16 else None)
+    stage2 = student_cfg or cfg
+    stage2.metric = "student_accuracy" if dev else None
+    log(f"stage 2: self-distilling {len(runner.model.students)} students on {len(texts)} texts "
+        f"({len(train)} training, {len(texts) - len(train)} unlabelled)")
+    return Trainer(task, task.examples, stage2).fit()
