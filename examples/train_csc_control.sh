@@ -20,13 +20,13 @@ mkdir -p "$RUNS"
 one() {  # $1 = soft or plain, $2 = seed
     local kind=$1 seed=$2 opts=(--detector-lr 10 --residual-init 0)
     [ "$kind" = plain ] && opts=(--plain)
-    local common=(--batch-size 32 --save-every 100 --seed "$seed" --threads 1 --bf16 --save-fp16 --dev "$CSC/dev.tsv")
+    local common=(--batch-size 32 --save-every 100 --seed "$seed" --threads 1 --compute bfloat16 --save-fp16 --dev "$CSC/dev.tsv")
     bertkit train --task correct "$CSC/train.tsv" --synthetic "$CSC/synthetic.txt" -m "$BASE" \
         -o "$RUNS/s1-$kind-$seed" --max-steps 800 --lr 1e-4 --warmup 0.06 --eval-every 200 "${common[@]}" "${opts[@]}" || return 1
     [ "$kind" = soft ] && opts=(--detector-lr 10)
     bertkit train --task correct "$CSC/train.tsv" -m "$RUNS/s1-$kind-$seed" \
         -o "$RUNS/s2-$kind-$seed" --max-steps 300 --lr 5e-5 --warmup 0.1 --eval-every 100 "${common[@]}" "${opts[@]}" || return 1
-    bertkit correct --eval "$CSC/dev.tsv" -m "$RUNS/s2-$kind-$seed" --tune --threads 1
+    bertkit eval "$CSC/dev.tsv" -m "$RUNS/s2-$kind-$seed" --tune --threads 1
 }
 
 status=0
