@@ -145,3 +145,15 @@ def test_bad_exit_options_are_one_line_errors(distilled, tiny_model, news_data, 
     odd = tmp_path / "odd.tsv"
     odd.write_text("label\ttext\nweather\t今天天气很好\n", encoding="utf-8")
     assert "weather" in error("eval", str(odd), "-m", str(distilled), "--speed", "0.2")
+
+
+def test_student_cls_attention_is_multihead_attention_read_at_cls():
+    from bertkit.distill.model import StudentClassifier
+
+    torch.manual_seed(0)
+    student = StudentClassifier(32, 3).eval()
+    x = torch.tanh(student.narrow(torch.randn(4, 9, 32)))
+    padding = torch.zeros(4, 9, dtype=torch.bool)
+    padding[1, 5:], padding[2, 2:] = True, True
+    full, _ = student.attention(x, x, x, key_padding_mask=padding, need_weights=False)
+    assert torch.allclose(student._cls_attention(x, padding), full[:, 0], atol=1e-6)

@@ -54,8 +54,20 @@ class StudentClassifier(nn.Module):
     def forward(self, hidden: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         """Logits from a layer's token states; ``padding`` is True at padded positions."""
         x = torch.tanh(self.narrow(hidden))
-        cls, _ = self.attention(x[:, :1], x, x, key_padding_mask=padding, need_weights=False)
-        return self.out(torch.tanh(self.dense(cls[:, 0])))
+        return self.out(torch.tanh(self.dense(self._cls_attention(x, padding))))
+
+    def _cls_attention(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """``self.attention`` (nn.MultiheadAttention's weights and math) for the [CLS] query alone,
+        through SDPA: the module's own forward costs more in checks than this small attention
+        does in arithmetic, and it runs after every layer of every sample."""
+        att = self.attention
+        n, length, width = x.shape
+        heads = att.num_heads
+        q = F.linear(x[:, :1], att.in_proj_weight[:width], att.in_proj_bias[:width])
+        k, v = F.linear(x, att.in_proj_weight[width:], att.in_proj_bias[width:]).split(width, -1)
+        q, k, v = (t.reshape(n, -1, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=~padding[:, None, None, :])
+        return att.out_proj(out.transpose(1, 2).reshape(n, width))
 
 
 def normalized_entropy(probs: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ class EarlyExitRunner(Runner):
         self.batch_size = batch_size
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.rule = rule or ExitRule(speed=0.0)  # speed 0: nobody leaves early (the full model)
+        self._full: dict = {}  # the full model's predictions and FLOPs, by examples (see counted)
 
     @classmethod
     def load(cls, path: str | None = None, speed: float | None = None, patience: int | None = None,
@@ -131,12 +132,8 @@ class EarlyExitRunner(Runner):
         turn over ``rounds`` rounds, the median ratio with its spread."""
         rule = rule or self.rule
         check_labels(examples, self.labels, source, "model's")
-        full_rule = ExitRule(speed=0.0)
-        outcome = {}
-        for name, r in (("exit", rule), ("full", full_rule)):
-            with FlopCounterMode(display=False) as counter:
-                results = list(self.predict_with_exits(examples, r, batch_size))
-            outcome[name] = (results, counter.get_total_flops())
+        outcome = {"exit": self.counted(examples, rule, batch_size),
+                   "full": self.counted(examples, ExitRule(speed=0.0), batch_size)}
         gold = [ex.label for ex in examples]
         exit_results = outcome["exit"][0]
         ratios = self.speedups(examples, rule, batch_size, rounds) if rounds else []
@@ -150,6 +147,18 @@ class EarlyExitRunner(Runner):
             "speedup_min": min(ratios, default=None), "speedup_max": max(ratios, default=None),
             "rule": rule.name, "batch_size": batch_size or self.batch_size, "n": len(examples),
         }
+
+    def counted(self, examples, rule: ExitRule, batch_size: int | None) -> tuple[list, int]:
+        """Predictions and FLOPs of one pass; the full model's are kept for the same examples,
+        which a curve over many speeds would otherwise recompute at every speed."""
+        key = (id(examples), len(examples), examples[0].text if examples else None, batch_size)
+        if rule.speed == 0.0 and key in self._full:
+            return self._full[key]
+        with FlopCounterMode(display=False) as counter:
+            results = list(self.predict_with_exits(examples, rule, batch_size))
+        if rule.speed == 0.0:
+            self._full[key] = (results, counter.get_total_flops())
+        return results, counter.get_total_flops()
 
     def speedups(self, examples, rule: ExitRule, batch_size: int | None, rounds: int) -> list[float]:
         """Full-model time / early-exit time, each round timing both in turn (order alternating).
