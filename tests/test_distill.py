@@ -120,14 +120,18 @@ def test_distilled_directory_round_trips_and_predicts(distilled, news_data):
     assert len(records) == 3 and all(1 <= r["exit_layer"] <= 2 for r in records)
     scores = json.loads(cli("eval", str(news_data[1]), "-m", str(distilled), "--speed", "0.3", check=True).stdout)
     assert {"accuracy", "accuracy_full", "mean_exit_layer", "flops_ratio", "speedup"} <= scores.keys()
-    assert scores["flops_ratio"] >= 1.0 and 1 <= scores["mean_exit_layer"] <= 2
+    assert scores["flops_ratio"] > 0 and 1 <= scores["mean_exit_layer"] <= 2 and "macro_f1" in scores
 
 
 def test_curve_stores_the_speed_and_draws(distilled, news_data, tmp_path):
     proc = cli("distill", "--curve", str(news_data[1]), "-m", str(distilled), "--target-loss", "100",
                "--speeds", "0,0.5,1", "--plot", str(tmp_path / "curve.png"), check=True)
     rows = [json.loads(line) for line in proc.stdout.decode().splitlines()]
-    assert [r["speed"] for r in rows] == [0.0, 0.5, 1.0] and rows[0]["flops_ratio"] == pytest.approx(1.0, abs=0.01)
+    assert [r["speed"] for r in rows] == [0.0, 0.5, 1.0]
+    # at speed 0 every sample runs every layer and every student: dearer than the plain classifier
+    # (here much dearer: the students are 128 wide on a 32-wide model); at speed 1 all leave at layer 1
+    assert rows[0]["flops_ratio"] < 1 and rows[0]["flops_ratio"] < rows[-1]["flops_ratio"]
+    assert rows[-1]["mean_exit_layer"] == 1
     assert json.loads((distilled / "bertkit.json").read_text())["config"]["speed"] == 1.0  # any loss allowed
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

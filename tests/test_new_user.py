@@ -181,3 +181,14 @@ def test_readme_python_example_runs(tmp_path, tiny_model, news_data, monkeypatch
     assert printed[0].startswith("我们今天去电脑城买东西 [(6, '恼', '脑')]")
     assert -1 <= float(printed[1]) <= 1
     assert len(printed) == 4 and printed[2].split()[0] in ("sports", "finance")
+
+
+def test_overwrite_starts_a_training_run_afresh(tmp_path, tiny_model, news_data):
+    train, dev = news_data
+    out = tmp_path / "run"
+    base = ("train", str(train), "-m", str(tiny_model), "-o", str(out), "--max-steps", "2", "--batch-size", "8")
+    cli(*base, check=True)
+    one_error_line(cli(*base), "--overwrite")
+    again = cli(*base, "--overwrite", "--seed", "7", check=True)
+    assert b"removed the previous run" in again.stderr
+    assert json.loads((out / "trainer_state.json").read_text())["config"]["seed"] == 7

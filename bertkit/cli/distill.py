@@ -35,19 +35,29 @@ def distill(
 ):
     """Early exit by self-distillation (FastBERT): fine-tune, then train a student classifier after every layer."""
     if curve is not None:
+        if train_file is not None or output_dir is not None:
+            raise UsageError("--curve measures -m DIR: give no TRAIN or -o")
         check_inputs(curve, encoding=encoding)
+        if plot is not None and plot.exists():
+            raise UsageError(f"--plot {plot} exists: remove it or name another file")
         return run_curve(curve, model, target_loss, plot, speeds, max_length)
+    if plot is not None or speeds is not None:
+        raise UsageError("--plot and --speeds go with --curve DEV")
     if train_file is None or output_dir is None:
         raise UsageError("give TRAIN and -o DIR to train, or --curve DEV -m DIR to measure")
+    if "-" in (train_file, dev):
+        raise UsageError("distill reads TRAIN and DEV once per stage: give files, not -")
     check_inputs(train_file, dev, *(unlabelled or []), encoding=encoding)
     cfg = training(output_dir, {"command": "distill", "train": train_file, "dev": dev})
     from ..distill.task import run_distillation
 
     student_cfg = dataclasses.replace(cfg, lr=student_lr, epochs=student_epochs or cfg.epochs,
                                       extra={**cfg.extra, "stage": 2})
-    run_distillation(train_file, dev, model, cfg, unlabelled or [], max_length=max_length, save_fp16=save_fp16,
-                     student_cfg=student_cfg)
-    if dev:
+    state = run_distillation(train_file, dev, model, cfg, unlabelled or [], max_length=max_length,
+                             save_fp16=save_fp16, student_cfg=student_cfg)
+    from ..training.distributed import world
+
+    if dev and state is not None and world()[0] == 0:  # one process chooses and writes the speed
         run_curve(dev, str(output_dir), target_loss, None, None, max_length, quiet=True)
 
 
@@ -62,7 +72,7 @@ def run_curve(dev: str, model: str | None, target_loss: float, plot: Path | None
 
     grid = _speeds(speeds) if speeds else DEFAULT_SPEEDS
     runner = EarlyExitRunner.load(model, speed=0.0, max_length=max_length)
-    rows = exit_curve(runner, load_labelled(dev), grid, source=dev)
+    rows = exit_curve(runner, load_labelled(dev), grid, rounds=0 if quiet else 1, source=dev)  # choosing needs no clock
     speed = choose_speed(rows, target_loss)
     path = modelio.resolve_model(model)
     EarlyExitRunner.save_defaults(path, speed=speed, target_loss=target_loss)

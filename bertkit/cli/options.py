@@ -139,5 +139,5 @@ def train_config(values: dict, output_dir: Path, extra: dict):
         output_dir=output_dir, epochs=values["epochs"], max_steps=values["max_steps"], max_minutes=values["max_minutes"],
         batch_size=values["batch_size"], grad_accum=values["grad_accum"], lr=values["lr"], warmup_ratio=values["warmup"],
         weight_decay=values["weight_decay"], bf16=bf16, eval_every=values["eval_every"],
-        save_every=values["save_every"], seed=values["seed"], resume=values["resume"], recompute=recompute, extra=extra,
+        save_every=values["save_every"], seed=values["seed"], resume=values["resume"], overwrite=values["overwrite"], recompute=recompute, extra=extra,
     )

@@ -45,6 +45,8 @@ def plot_curve(rows: Sequence[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label, marker in (("flops_ratio", "FLOPs ratio", "o"), ("speedup", "wall-clock speedup", "s")):
+        if any(r[key] is None for r in rows):
+            continue  # not timed
         ax.plot([r[key] for r in rows], [r["accuracy"] for r in rows], marker=marker, label=label)
     for r in rows:
         ax.annotate(f"{r['speed']:g}", (r["flops_ratio"], r["accuracy"]), fontsize=7, xytext=(3, 3),

@@ -2,7 +2,7 @@
 (Zhou et al., NeurIPS 2020) beside it.
 
 A fine-tuned BERT classifier (the *teacher*: the backbone and its last-layer classifier) gets a
-small *student* classifier after every other layer.  Stage 2 of FastBERT freezes backbone and
+small *student* classifier after each layer but the last.  Stage 2 of FastBERT freezes backbone and
 teacher and trains the students to match the teacher's distribution (section 3.2, "self-
 distillation": the sum over students of KL(p_student || p_teacher)), so unlabelled text serves
 as well as labelled.  At inference (section 3.3) a sample leaves at the first layer whose
@@ -25,6 +25,11 @@ Where we deviate, and why:
   the same self-distilled students, so both rules are compared on one model.
 - Batched inference: a batch shrinks as samples leave (and its padding with it), where FastBERT
   and DeeBERT run one sample at a time.
+- A text longer than the window is split into windows that exit on their own; its probabilities
+  are the windows' mean and its exit layer the deepest window's (the cost it paid).
+- BERT only (``model_type`` bert, e.g. bert-base-chinese, MiniLM): the layers are run one by one
+  here, and other families add steps between them (Megatron-BERT's final LayerNorm) or lack
+  BERT's layer list (ALBERT).
 """
 
 from __future__ import annotations
@@ -111,12 +116,12 @@ class EarlyExitClassifier(nn.Module):
         super().__init__()
         self.classifier = classifier
         base = classifier.base_model
-        if not all(hasattr(x, y) for x, y in [(base, "embeddings"), (base, "encoder"), (base, "pooler"),
-                                               (classifier, "classifier"), (classifier, "dropout")]) \
-                or base.pooler is None:
-            raise BertkitError("early exit needs a BERT classifier (BertForSequenceClassification: embeddings, "
-                               "layers, pooler and a linear head)")
+        if classifier.config.model_type != "bert" or getattr(base, "pooler", None) is None:
+            raise BertkitError(f"early exit runs BERT classifiers (model_type bert, with BERT's pooler), not "
+                               f"{classifier.config.model_type!r}")
         cfg = classifier.config
+        if cfg.num_hidden_layers < 2:
+            raise BertkitError("early exit needs at least 2 layers: a 1-layer model has nowhere to leave early")
         self.layers = base.encoder.layer
         self.students = students if students is not None else nn.ModuleList(
             StudentClassifier(cfg.hidden_size, cfg.num_labels) for _ in range(len(self.layers) - 1))
@@ -154,6 +159,20 @@ class EarlyExitClassifier(nn.Module):
             hidden = self.layer(i, hidden, mask)
             logits.append(self.exit_logits(i, hidden, attention_mask))
         return logits
+
+    def forward(self, input_ids, token_type_ids, attention_mask) -> torch.Tensor:
+        """Stage 2's loss for a batch: the students against the frozen teacher (backbone and teacher
+        in eval mode and without gradients, so they give their inference distribution)."""
+        self.classifier.eval()
+        with torch.no_grad():
+            hidden, mask = self.embed(input_ids, token_type_ids, attention_mask)
+            states = []
+            for i in range(self.num_layers):
+                hidden = self.layer(i, hidden, mask)
+                states.append(hidden)
+            teacher = self.exit_logits(self.num_layers - 1, hidden, attention_mask)
+        students = [self.exit_logits(i, h, attention_mask) for i, h in enumerate(states[:-1])]
+        return distillation_loss(students, teacher)
 
     @torch.inference_mode()
     def early_exit(self, input_ids, token_type_ids, attention_mask, rule: ExitRule) -> tuple[torch.Tensor, torch.Tensor]:

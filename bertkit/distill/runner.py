@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification
 
 from ..classify.data import Example, as_example, check_labels
@@ -23,7 +22,8 @@ from ..core import modelio
 from ..core.device import module_device
 from ..core.encoding import TextEncoder, TokenWindow
 from ..core.errors import BertkitError
-from ..core.metrics import accuracy
+from ..core.flops import flop_counter
+from ..core.metrics import accuracy, macro_f1
 from ..core.runner import Runner
 from ..core.textio import map_in_order
 from .model import STUDENT_HEADS, STUDENT_WIDTH, EarlyExitClassifier, ExitRule
@@ -43,7 +43,7 @@ class EarlyExitRunner(Runner):
         self.batch_size = batch_size
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.rule = rule or ExitRule(speed=0.0)  # speed 0: nobody leaves early (the full model)
-        self._full: dict = {}  # the full model's predictions and FLOPs, by examples (see counted)
+        self._full = None  # (examples, batch size, (probabilities, FLOPs)) of the full model: full_pass
 
     @classmethod
     def load(cls, path: str | None = None, speed: float | None = None, patience: int | None = None,
@@ -111,62 +111,68 @@ class EarlyExitRunner(Runner):
 
     @torch.inference_mode()
     def layer_accuracy(self, examples: Sequence[Example]) -> list[float]:
-        """Dev accuracy of every layer's classifier (students, then the teacher), all samples to the end."""
+        """Dev accuracy of every layer's classifier (students, then the teacher), all samples to the
+        end; a long text counts by its first window (a checkpoint metric, not a score)."""
         label_id = {label: i for i, label in enumerate(self.labels)}
+        device = module_device(self.model)
         correct = torch.zeros(self.model.num_layers)
         for start in range(0, len(examples), self.batch_size):
             chunk = examples[start:start + self.batch_size]
             inputs = self.encoder.pad_batch([self.encoder.encode(ex.text, ex.text_b)[0] for ex in chunk])
             gold = torch.tensor([label_id[ex.label] for ex in chunk])
-            for i, logits in enumerate(self.model.all_logits(inputs["input_ids"], inputs["token_type_ids"],
-                                                             inputs["attention_mask"])):
-                correct[i] += (logits.argmax(-1).cpu() == gold).sum()
+            logits = self.model.all_logits(*(inputs[k].to(device) for k in ("input_ids", "token_type_ids", "attention_mask")))
+            for i, layer_logits in enumerate(logits):
+                correct[i] += (layer_logits.argmax(-1).cpu() == gold).sum()
         return (correct / max(1, len(examples))).tolist()
 
     # ---------------------------------------------------------------- measuring
 
+    def full_model(self, batch_size: int | None = None):
+        """The teacher alone, as `bertkit predict` runs a classifier: the baseline of every ratio."""
+        from ..classify.runner import Classifier
+
+        return Classifier(self.model.classifier, self.tokenizer, max_length=self.encoder.max_length,
+                          batch_size=batch_size or self.batch_size)
+
     def evaluate(self, examples: Sequence[Example], rule: ExitRule | None = None, batch_size: int | None = None,
                  rounds: int = 3, source: str = "the data") -> dict:
-        """Accuracy with early exit and of the full model, mean exit layer, FLOPs ratio (full /
-        early exit, counted by torch.utils.flop_counter) and wall-clock speedup: the two timed in
-        turn over ``rounds`` rounds, the median ratio with its spread."""
+        """Accuracy and macro-F1 with early exit, the full model's accuracy, mean exit layer, FLOPs
+        ratio (full model / early exit, counted by torch.utils.flop_counter, CPU attention
+        included) and wall-clock speedup: the two timed in turn over ``rounds`` rounds, the
+        median ratio with its spread (``rounds=0``: not timed)."""
         rule = rule or self.rule
         check_labels(examples, self.labels, source, "model's")
-        outcome = {"exit": self.counted(examples, rule, batch_size),
-                   "full": self.counted(examples, ExitRule(speed=0.0), batch_size)}
+        with flop_counter() as counter:
+            exit_results = list(self.predict_with_exits(examples, rule, batch_size))
+        full_probs, full_flops = self.full_pass(examples, batch_size)
         gold = [ex.label for ex in examples]
-        exit_results = outcome["exit"][0]
+        pred = [self.labels[int(p.argmax())] for p, _ in exit_results]
         ratios = self.speedups(examples, rule, batch_size, rounds) if rounds else []
         return {
-            "accuracy": accuracy(gold, [self.labels[int(p.argmax())] for p, _ in exit_results]),
-            "accuracy_full": accuracy(gold, [self.labels[int(p.argmax())] for p, _ in outcome["full"][0]]),
+            "accuracy": accuracy(gold, pred), "macro_f1": macro_f1(gold, pred, labels=self.labels),
+            "accuracy_full": accuracy(gold, [self.labels[int(p.argmax())] for p in full_probs]),
             "mean_exit_layer": statistics.fmean(layer for _, layer in exit_results),
             "layers": self.model.num_layers,
-            "flops_ratio": outcome["full"][1] / max(1, outcome["exit"][1]),
+            "flops_ratio": full_flops / max(1, counter.get_total_flops()),
             "speedup": statistics.median(ratios) if ratios else None,
             "speedup_min": min(ratios, default=None), "speedup_max": max(ratios, default=None),
             "rule": rule.name, "batch_size": batch_size or self.batch_size, "n": len(examples),
         }
 
-    def counted(self, examples, rule: ExitRule, batch_size: int | None) -> tuple[list, int]:
-        """Predictions and FLOPs of one pass; the full model's are kept for the same examples,
-        which a curve over many speeds would otherwise recompute at every speed."""
-        key = (id(examples), len(examples), examples[0].text if examples else None, batch_size)
-        if rule.speed == 0.0 and key in self._full:
-            return self._full[key]
-        with FlopCounterMode(display=False) as counter:
-            results = list(self.predict_with_exits(examples, rule, batch_size))
-        if rule.speed == 0.0:
-            self._full[key] = (results, counter.get_total_flops())
-        return results, counter.get_total_flops()
+    def full_pass(self, examples: Sequence[Example], batch_size: int | None) -> tuple[list, int]:
+        """The full model's probabilities and FLOPs on ``examples``; kept for the same list, which a
+        curve over many speeds would otherwise recompute at every speed."""
+        cached = self._full
+        if cached is not None and cached[0] is examples and cached[1] == batch_size:
+            return cached[2]
+        with flop_counter() as counter:
+            probs = list(self.full_model(batch_size).predict_proba(examples))
+        self._full = (examples, batch_size, (probs, counter.get_total_flops()))
+        return self._full[2]
 
     def speedups(self, examples, rule: ExitRule, batch_size: int | None, rounds: int) -> list[float]:
-        """Full-model time / early-exit time, each round timing both in turn (order alternating).
-        The full model is the teacher's own forward (``BertForSequenceClassification``)."""
-        from ..classify.runner import Classifier
-
-        full = Classifier(self.model.classifier, self.tokenizer, max_length=self.encoder.max_length,
-                          batch_size=batch_size or self.batch_size)
+        """Full-model time / early-exit time, each round timing both in turn (order alternating)."""
+        full = self.full_model(batch_size)
         runs = {"full": lambda: list(full.predict_proba(examples)),
                 "exit": lambda: list(self.predict_with_exits(examples, rule, batch_size))}
         ratios = []

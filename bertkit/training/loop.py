@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import signal
 import threading
 import time
@@ -71,6 +72,7 @@ class TrainConfig:
     metric: str | None = None  # key of evaluate()'s result to pick the best model (higher wins)
     log_every: int = 20
     max_minutes: float | None = None  # wall-clock budget of this run; stops early, resumable
+    overwrite: bool = False  # start afresh where a previous run left checkpoints (else refused)
     # parameter-name prefix -> multiple of ``lr``: freshly initialised parts beside a pretrained
     # encoder (e.g. the spelling corrector's detection GRU) learn at a higher rate
     lr_scale: dict[str, float] = field(default_factory=dict)
@@ -311,7 +313,10 @@ class Trainer:
             self.saved_step = state["step"]
             log(f"resumed from {found} at step {state['step']}", rank=self.rank)
         elif found is not None or (self.out / "trainer_state.json").exists():
-            raise BertkitError(f"{self.out} already holds a training run; pass --resume to continue it or pick a new -o")
+            if not cfg.overwrite:
+                raise BertkitError(f"{self.out} already holds a training run; pass --resume to continue it, "
+                                   "--overwrite to start afresh, or pick a new -o")
+            self._clear_previous_run()
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
         self._call("on_fit_start", model)
@@ -352,6 +357,15 @@ class Trainer:
         if state["step"] < self.total_steps:
             log(f"stopped at step {state['step']} of {self.total_steps}: --max-minutes reached; --resume continues", rank=self.rank)
         return self._finish(model, state, time.time() - start)
+
+    def _clear_previous_run(self) -> None:
+        """--overwrite: the old run's checkpoints and state go, so nothing can resume or mix with
+        them; the old model stays until the new one replaces it at the first evaluation."""
+        if self.rank == 0:
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+            (self.out / "trainer_state.json").unlink(missing_ok=True)
+            log(f"--overwrite: removed the previous run's checkpoints in {self.out}")
+        barrier()
 
     def _keep(self, model, metrics: dict, state: dict, done: bool) -> None:
         """After an evaluation (rank 0): a new best goes to ``checkpoints/best``, and the model the
