@@ -161,3 +161,22 @@ def test_student_cls_attention_is_multihead_attention_read_at_cls():
     padding[1, 5:], padding[2, 2:] = True, True
     full, _ = student.attention(x, x, x, key_padding_mask=padding, need_weights=False)
     assert torch.allclose(student._cls_attention(x, padding), full[:, 0], atol=1e-6)
+
+
+def test_stage1_counts_as_done_only_when_it_reached_its_last_step(tmp_path):
+    from bertkit.distill.task import stage_finished
+
+    assert not stage_finished(tmp_path)
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"step": 5, "total_steps": 9}))
+    assert not stage_finished(tmp_path)  # stopped by --max-minutes: --resume goes on with stage 1
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"step": 9, "total_steps": 9}))
+    assert stage_finished(tmp_path)
+
+
+def test_distill_usage_errors(tmp_path, news_data):
+    train, dev = news_data
+    for args, says in [(["--plot", str(tmp_path / "x.png"), str(train), "-o", str(tmp_path / "o")], "--curve"),
+                       (["-", "--dev", str(dev), "-o", str(tmp_path / "o")], "not -"),
+                       ([str(train)], "-o DIR")]:
+        result = cli("distill", *args)
+        assert result.returncode == 2 and says in result.stderr.decode(), result.stderr
