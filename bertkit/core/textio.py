@@ -52,11 +52,7 @@ def check_input(path: str | None) -> None:
     missing, a directory, empty, or (within its first 64 KiB) binary or not in the encoding."""
     if path in (None, "-"):
         return
-    p = Path(path)
-    if not p.exists():
-        raise BertkitError(f"{path}: no such file")
-    if p.is_dir():
-        raise BertkitError(f"{path} is a directory, not a text file")
+    p = _existing_file(path)
     if not p.is_file():
         return  # a pipe or device: reading ahead would consume it
     with open(p, "rb") as fh:
@@ -69,15 +65,21 @@ def check_input(path: str | None) -> None:
         _decode(raw, path, lineno)
 
 
-def _binary_lines(path: str) -> Iterator[bytes]:
-    if path == "-":
-        yield from sys.stdin.buffer
-        return
+def _existing_file(path: str) -> Path:
+    """``path`` as a Path, or one clear error if it is missing or a directory."""
     p = Path(path)
     if not p.exists():
         raise BertkitError(f"{path}: no such file")
     if p.is_dir():
         raise BertkitError(f"{path} is a directory, not a text file")
+    return p
+
+
+def _binary_lines(path: str) -> Iterator[bytes]:
+    if path == "-":
+        yield from sys.stdin.buffer
+        return
+    p = _existing_file(path)
     with open(p, "rb") as fh:
         yield from fh
 
