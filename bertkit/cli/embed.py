@@ -10,7 +10,7 @@ from ..core.errors import UsageError
 from .options import Compute, Encoding, ModelOpt, Overwrite, Threads, check_inputs, deprecated, print_json, set_threads
 
 Pooling = Annotated[Optional[str], typer.Option(help="embed: cls, mean, max, mean_sqrt_len, first-last-avg, last2avg, whitening, whitening-K, flow (default: the model's saved pooling, else mean).")]
-BasePooling = Annotated[str, typer.Option(help="embed: the pooling that whitening and flow start from.")]
+BasePooling = Annotated[Optional[str], typer.Option(help="embed: the pooling that whitening and flow start from (default: a sentence-embedding model's own pooling, e.g. cls after bertkit contrast; else first-last-avg).")]
 AllPoolings = Annotated[bool, typer.Option("--all-poolings", help="embed: score every pooling in one encoder pass (whitening needs --fit; one the corpus is too small to fit is skipped, with the reason).")]
 Fit = Annotated[Optional[str], typer.Option(metavar="CORPUS", help="embed: unlabelled text (one sentence a line, blank lines skipped) to fit --pooling whitening or flow on (whitening-K needs more than K sentences, flow at least 64).")]
 
@@ -19,7 +19,7 @@ def embed(
     input_file: Annotated[Optional[str], typer.Argument(metavar="INPUT", help="Texts, one a line ('-' for stdin); blank lines give the empty text's vector.")] = None,
     model: ModelOpt = None,
     pooling: Pooling = None,
-    base_pooling: BasePooling = "first-last-avg",
+    base_pooling: BasePooling = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="FILE|DIR", help="Embeddings to FILE: .npy, .jsonl or .tsv (default: TSV on stdout). With --fit: the new model DIR, loadable by sentence-transformers. An existing one needs --overwrite.")] = None,
     overwrite: Overwrite = False,
     fit: Fit = None,
@@ -63,20 +63,34 @@ def embed(
     write_vectors(embedder.embed(read_texts(input_file), spec), output, normalize=normalize, precision=precision)
 
 
-def _spec(pooling: str | None, base_pooling: str, embedder=None):
+def _spec(pooling: str | None, base_pooling: str | None, embedder=None, model: str | None = None):
     from ..embed.model import parse_pooling
     from ..embed.runner import default_pooling
 
-    return parse_pooling(pooling or (default_pooling(embedder) if embedder else "whitening"), base_pooling)
+    base = base_pooling or _model_base_pooling(embedder.path if embedder else model)
+    return parse_pooling(pooling or (default_pooling(embedder) if embedder else "whitening"), base)
 
 
-def fit_model(corpus: str, model: str | None, pooling: str | None, base_pooling: str, output: Path,
+def _model_base_pooling(model: str | None) -> str:
+    """The pooling a sentence-embedding model ends in (what whitening it further starts from), else
+    BERT-whitening's first-last-avg."""
+    from ..core import modelio
+
+    path = Path(modelio.resolve_model(model))
+    if path.is_dir():
+        manifest = modelio.Manifest.read(path)
+        if manifest.kind == "sentence-embedding" and manifest.config.get("base_pooling"):
+            return str(manifest.config["base_pooling"])
+    return "first-last-avg"
+
+
+def fit_model(corpus: str, model: str | None, pooling: str | None, base_pooling: str | None, output: Path,
               max_length: int, batch_size: int, compute: str) -> None:
     """``embed --fit``: the whitening or flow of ``pooling`` fitted on ``corpus``, saved with the encoder."""
     from ..embed.runner import Embedder, fit_and_save
     from ..embed.task import read_fit_corpus
 
-    spec = _spec(pooling, base_pooling)
+    spec = _spec(pooling, base_pooling, model=model)
     if not spec.fitted:
         raise UsageError(f"--fit needs a pooling to fit (whitening, whitening-K or flow), not {spec.name}")
     texts = read_fit_corpus(corpus)  # counted before the model loads
@@ -84,7 +98,7 @@ def fit_model(corpus: str, model: str | None, pooling: str | None, base_pooling:
     fit_and_save(embedder, spec, texts, output, corpus=corpus)
 
 
-def evaluate_embeddings(pairs_file: str, model: str | None, pooling: str | None, base_pooling: str, all_poolings: bool,
+def evaluate_embeddings(pairs_file: str, model: str | None, pooling: str | None, base_pooling: str | None, all_poolings: bool,
                         fit: str | None, max_length: int, batch_size: int, compute: str) -> None:
     """``bertkit eval`` on an encoder: Spearman x 100 on STS pairs, each pooling in one encoder pass."""
     from ..embed.data import read_sts_pairs
@@ -95,6 +109,7 @@ def evaluate_embeddings(pairs_file: str, model: str | None, pooling: str | None,
     fit_texts = read_fit_corpus(fit) if fit else None  # counted before the model loads
     embedder = Embedder.load(model, max_length=max_length, batch_size=batch_size, compute=compute)
     names = ALL_POOLINGS if all_poolings else [pooling or default_pooling(embedder)]
-    specs = [parse_pooling(p, base_pooling) for p in names]
+    base = base_pooling or _model_base_pooling(embedder.path)
+    specs = [parse_pooling(p, base) for p in names]
     print_json(embedder.evaluate(read_sts_pairs(pairs_file), specs, fit_texts, corpus=fit,
                                  skip_unfittable=all_poolings))

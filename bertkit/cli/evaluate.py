@@ -14,7 +14,7 @@ from .options import Compute, Encoding, Threads, check_inputs, set_threads
 
 # task -> the options only it takes, with their defaults (a non-default value elsewhere is an error)
 TASK_ONLY = {
-    "embed": {"pooling": None, "base_pooling": "first-last-avg", "all_poolings": False, "fit": None},
+    "embed": {"pooling": None, "base_pooling": None, "all_poolings": False, "fit": None},
     "correct": {"threshold": None, "tune": False, "candidates": "confusion"},
     "classify": {"speed": None, "patience": None},
 }
@@ -27,7 +27,7 @@ def evaluate(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="The model to score (default: the shipped bertkit-zh-mini, or bertkit-zh-csc with --task correct).")] = None,
     task: Annotated[Optional[str], typer.Option(help="classify, embed or correct (default: read from the model directory).")] = None,
     pooling: embed.Pooling = None,
-    base_pooling: embed.BasePooling = "first-last-avg",
+    base_pooling: embed.BasePooling = None,
     all_poolings: embed.AllPoolings = False,
     fit: embed.Fit = None,
     threshold: correct.Threshold = None,
