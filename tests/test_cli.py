@@ -94,8 +94,9 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model, news_data):
     _assert_one_line_error(cli("train", str(one_label), *base), "only one label")
 
     for option in (["--synthetic", str(train)], ["--plain"]):  # options of --task correct
-        _assert_one_line_error(cli("train", str(train), *base, *option), "takes no --synthetic or --plain")
-    _assert_one_line_error(cli("train", str(train), *base, "--task", "tag"), "--task must be classify or correct")
+        _assert_one_line_error(cli("train", str(train), *base, *option), "is an option of --task correct, not of --task classify")
+    _assert_one_line_error(cli("train", str(train), *base, "--fix-tags"), "--fix-tags is an option of --task ner")
+    _assert_one_line_error(cli("train", str(train), *base, "--task", "tag"), "--task must be classify or correct or ner")
 
 
 def test_train_help_lists_the_task_options_after_task_and_the_training_options_last():

@@ -4,10 +4,11 @@ from typing import Annotated
 
 import typer
 
+from ..core.errors import UsageError
 from .distill import Patience, Speed
 from .options import Encoding, InputArg, OutputOpt, Overwrite, Threads, check_inputs, print_json, set_threads
 
-ClassifierOpt = Annotated[str, typer.Option("--model", "-m", help="A fine-tuned classifier directory (from bertkit train or bertkit distill).")]
+ClassifierOpt = Annotated[str, typer.Option("--model", "-m", help="A fine-tuned classifier or NER directory (from bertkit train or bertkit distill).")]
 MaxLength = Annotated[int, typer.Option(min=8, max=4096, help="Tokens per window; longer texts are split and their window probabilities averaged.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Texts per forward pass.")]
 
@@ -25,11 +26,18 @@ def predict(
     threads: Threads = None,
     encoding: Encoding = None,
 ):
-    """Classify texts: one JSON line per input line, {"label": ..., "probs": {...}}, in input order."""
+    """Classify texts: one JSON line per input line, {"label": ..., "probs": {...}}, in input order; with an NER model {"text": ..., "entities": [...]}."""
     from ..core.files import check_output_file
 
     check_inputs(input_file, encoding=encoding)
     check_output_file(output, overwrite)
+    if _kind(model) == "ner":
+        if speed is not None or patience is not None or details:
+            raise UsageError("--speed, --patience and --details go with early-exit classifiers, not NER models")
+        from .ner import predict_entities
+
+        set_threads(threads)
+        return predict_entities(input_file, model, output, max_length, batch_size)
     from ..classify.data import prediction_record, read_examples
     from ..core.textio import output_stream
 
@@ -44,6 +52,15 @@ def predict(
         for probs, layer in runner.predict_with_exits(examples):
             extra = {"exit_layer": layer} if details else {}
             out.write(prediction_record(runner.labels, probs, extra) + "\n")
+
+
+def _kind(model: str | None) -> str | None:
+    from pathlib import Path
+
+    from ..core import modelio
+
+    path = Path(modelio.resolve_model(model))
+    return modelio.Manifest.read(path).kind if path.is_dir() else None
 
 
 def load_runner(model: str | None, speed: float | None, patience: int | None, max_length: int, batch_size: int):

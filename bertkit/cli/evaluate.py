@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import classify, correct, distill, embed
+from . import classify, correct, distill, embed, ner
 from .options import Compute, Encoding, Threads, check_inputs, set_threads
 
 # task -> the options only it takes, with their defaults (a non-default value elsewhere is an error)
@@ -17,15 +17,16 @@ TASK_ONLY = {
     "embed": {"pooling": None, "base_pooling": None, "all_poolings": False, "fit": None},
     "correct": {"threshold": None, "tune": False, "candidates": "confusion"},
     "classify": {"speed": None, "patience": None},
+    "ner": {},
 }
-MAX_LENGTH = {"classify": 128, "embed": 512, "correct": 128}  # each technique's default window
-KIND_TASK = {"classifier": "classify", "early-exit-classifier": "classify", "corrector": "correct"}  # any other kind is an encoder: embed
+MAX_LENGTH = {"classify": 128, "embed": 512, "correct": 128, "ner": 128}  # each technique's default window
+KIND_TASK = {"classifier": "classify", "early-exit-classifier": "classify", "corrector": "correct", "ner": "ner"}  # any other kind is an encoder: embed
 
 
 def evaluate(
-    test_file: Annotated[str, typer.Argument(metavar="TEST", help="classify: labelled data as for train; embed: STS pairs s1<TAB>s2<TAB>score; correct: source<TAB>target pairs. '-' for stdin.")],
+    test_file: Annotated[str, typer.Argument(metavar="TEST", help="classify: labelled data as for train; embed: STS pairs s1<TAB>s2<TAB>score; correct: source<TAB>target pairs; ner: CoNLL or JSONL as for train. '-' for stdin.")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="The model to score (default: the shipped bertkit-zh-mini, or bertkit-zh-csc with --task correct).")] = None,
-    task: Annotated[Optional[str], typer.Option(help="classify, embed or correct (default: read from the model directory).")] = None,
+    task: Annotated[Optional[str], typer.Option(help="classify, embed, correct or ner (default: read from the model directory).")] = None,
     pooling: embed.Pooling = None,
     base_pooling: embed.BasePooling = None,
     all_poolings: embed.AllPoolings = False,
@@ -41,7 +42,7 @@ def evaluate(
     threads: Threads = None,
     encoding: Encoding = None,
 ):
-    """Score a model: accuracy and macro F1 (classifier; with early exit also speed), Spearman x 100 (embeddings), SIGHAN scores (corrector)."""
+    """Score a model: accuracy and macro F1 (classifier; with early exit also speed), Spearman x 100 (embeddings), SIGHAN scores (corrector), entity F1 (NER)."""
     from ..core.errors import UsageError
 
     if task is not None and task not in TASK_ONLY:
@@ -59,6 +60,8 @@ def evaluate(
     max_length = max_length or MAX_LENGTH[task]
     if task == "classify":
         classify.evaluate_classifier(test_file, model, max_length, batch_size, speed, patience)
+    elif task == "ner":
+        ner.evaluate_ner(test_file, model, max_length, batch_size)
     elif task == "embed":
         embed.evaluate_embeddings(test_file, model, pooling, base_pooling, all_poolings, fit, max_length, batch_size, compute)
     else:

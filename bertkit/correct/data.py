@@ -9,68 +9,19 @@ from typing import Sequence
 
 import torch
 
+from ..core import chars
+from ..core.chars import CharWindow, pad_ids, windows  # noqa: F401 (shared with NER, imported from here too)
 from ..core.errors import BertkitError
 from ..core.textio import read_lines
 from .confusion import is_chinese
 
 
-class CharVocab:
-    """One id per character; spaces are not fed to the model but keep their place in the line."""
+class CharVocab(chars.CharVocab):
+    """One id per character, and the ids of the Chinese characters: all a correction may write."""
 
     def __init__(self, tokenizer):
-        self.vocab = tokenizer.get_vocab()
-        self.unk = tokenizer.unk_token_id
-        self.cls, self.sep, self.pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
+        super().__init__(tokenizer)
         self.chinese_ids = {i: t for t, i in self.vocab.items() if is_chinese(t)}
-
-    def id(self, ch: str) -> int:
-        return self.vocab.get(ch, self.vocab.get(ch.lower(), self.unk))
-
-    def positions(self, text: str) -> list[int]:
-        return [i for i, ch in enumerate(text) if not ch.isspace()]
-
-
-@dataclass
-class CharWindow:
-    line: int  # index of the line in the batch being corrected
-    chars: list[int]  # positions in the line
-    keep_from: int  # this window decides positions chars[keep_from:keep_to]
-    keep_to: int
-
-
-def windows(n: int, size: int) -> list[tuple[int, int, int, int]]:
-    """(start, end, keep_from, keep_to) covering n characters; windows overlap by half, and each
-    character is decided by the window where it is farthest from an edge."""
-    if n <= size:
-        return [(0, n, 0, n)]
-    stride = size // 2
-    starts = list(range(0, n - size, stride)) + [n - size]
-    out = []
-    for k, s in enumerate(starts):
-        lo = 0 if k == 0 else (s + (starts[k - 1] + size)) // 2 - s
-        hi = size if k == len(starts) - 1 else (starts[k + 1] + s + size) // 2 - s
-        out.append((s, s + size, lo, hi))
-    return out
-
-
-def pad_ids(rows: Sequence[list[int]], chars: CharVocab, labels: Sequence[list[int]] | None = None,
-            detect: Sequence[list[int]] | None = None) -> dict[str, torch.Tensor]:
-    """[CLS] ids [SEP], right-padded; labels are -100 and detection targets 0 off the characters."""
-    width = max(len(r) for r in rows) + 2
-    input_ids = torch.full((len(rows), width), chars.pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    batch = {"input_ids": input_ids, "attention_mask": attention}
-    if labels is not None:
-        batch["labels"] = torch.full((len(rows), width), -100, dtype=torch.long)
-        batch["detect_labels"] = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        n = len(row)
-        input_ids[b, : n + 2] = torch.tensor([chars.cls, *row, chars.sep])
-        attention[b, : n + 2] = 1
-        if labels is not None:
-            batch["labels"][b, 1 : n + 1] = torch.tensor(labels[b])
-            batch["detect_labels"][b, 1 : n + 1] = torch.tensor(detect[b])
-    return batch
 
 
 @dataclass
