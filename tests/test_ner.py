@@ -165,3 +165,11 @@ def test_fix_tags_reads_a_stray_inside_tag_as_an_entity_start(tmp_path):
 def test_predict_refuses_early_exit_options_on_an_ner_model_and_eval_a_non_ner_model(tiny_model, tmp_path):
     result = cli("eval", _write(tmp_path / "d.conll", "我\tO\n"), "-m", str(tiny_model), "--task", "ner")
     assert result.returncode == 1 and "is not an NER model" in result.stderr.decode()
+
+
+def test_a_dev_type_the_training_data_never_had_is_refused(tiny_model, tmp_path):
+    train = _write(tmp_path / "train.conll", "北\tB-LOC\n京\tI-LOC\n")
+    dev = _write(tmp_path / "dev.conll", "王\tB-PER\n五\tI-PER\n")
+    result = cli("train", train, "--task", "ner", "--dev", dev, "-m", str(tiny_model), "-o", str(tmp_path / "o"))
+    err = result.stderr.decode()
+    assert result.returncode == 1 and "dev.conll: entity type PER never occurs in" in err and len(err.splitlines()) == 1

@@ -1,5 +1,5 @@
 """NER data: CoNLL-style files (one ``char<TAB>TAG`` a line, a blank line between sentences, BIO
-or BIOES, any tag set) and JSON lines (``{"text": ..., "entities": [{"start", "end", "type"}]}``),
+or BIOES, any tag set; a token of several characters spreads its tag over them) and JSON lines (``{"text": ..., "entities": [{"start", "end", "type"}]}``),
 read into sentences with character-offset entities; and strict entity-level scores."""
 
 from __future__ import annotations
@@ -55,19 +55,30 @@ def read_conll(path: str, lines: Iterable[tuple[int, str]], fix_tags: bool) -> t
         cells = text.split("\t") if "\t" in text else text.split()
         if len(cells) < 2 or not cells[-1].strip():
             raise BertkitError(f"{path}:{lineno}: expected char<TAB>TAG, got {text!r}")
-        char, tag = cells[0], cells[-1].strip()
-        if len(char) != 1:
-            raise BertkitError(f"{path}:{lineno}: expected one character before the tag, got {char!r}")
+        token, tag = cells[0], cells[-1].strip()
+        if not token:
+            raise BertkitError(f"{path}:{lineno}: expected char<TAB>TAG, got no character before the tag")
         try:
             split_tag(tag)
         except ValueError:
             raise BertkitError(f"{path}:{lineno}: tag {tag!r} is not O, B-X, I-X, E-X, S-X (or M-X)") from None
         start = start if chars else lineno
-        chars.append(char)
-        tags.append(tag)
+        chars.extend(token)
+        tags.extend(char_tags(tag, len(token)))
     scheme = scheme_of([t for _, _, ts in blocks for t in ts])
     _check_sequences(path, blocks, scheme, fix_tags)
     return [Sentence(text, tags_to_spans(ts), line) for line, text, ts in blocks], scheme
+
+
+def char_tags(tag: str, n: int) -> list[str]:
+    """The tags of a token's ``n`` characters: a multi-character token (an English word, or a
+    character with a segmentation index as some Weibo NER releases write ``科0``) is one unit."""
+    prefix, kind = split_tag(tag)
+    if n == 1 or prefix == "O":
+        return [tag] * n
+    first = {"B": "B", "I": "I", "E": "I", "S": "B"}[prefix]
+    last = {"B": "I", "I": "I", "E": "E", "S": "E"}[prefix]
+    return [f"{first}-{kind}"] + [f"I-{kind}"] * (n - 2) + [f"{last}-{kind}"]
 
 
 def _check_sequences(path: str, blocks, scheme: str, fix_tags: bool) -> None:
