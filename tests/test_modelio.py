@@ -133,3 +133,27 @@ def test_an_architecture_transformers_does_not_know_loads_through_bertkit_only(t
             modelio.resolve_model(str(custom))
     finally:
         del modelio.ARCHITECTURES["bertkit-test-lattice"]
+
+
+def test_train_takes_the_base_models_recorded_fine_tuning_rate_unless_lr_is_given(tmp_path, tiny_model, news_data):
+    from conftest import cli
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+    assert modelio.fine_tune_lr(str(base), "classify") == (5e-5, "BERT's fine-tuning rate")  # records nothing
+    modelio.Manifest("masked-lm", config={"fine_tune": {"classify": {"lr": 3e-3}}}).save(base)
+    assert modelio.fine_tune_lr(str(base), "classify")[0] == 3e-3
+    assert modelio.fine_tune_lr(str(base), "ner")[0] == 5e-5  # another task's rate is not borrowed
+    train, _ = news_data
+    common = [str(train), "-m", str(base), "--max-steps", "1", "--batch-size", "4"]
+    for out, lr_args, lr in (("a", [], 3e-3), ("b", ["--lr", "1e-4"], 1e-4)):
+        cli("train", *common, *lr_args, "-o", str(tmp_path / out), check=True)
+        state = json.loads((tmp_path / out / "trainer_state.json").read_text())
+        assert state["config"]["lr"] == lr
+    assert state["config"]["extra"].get("lr_from") is None
+    assert json.loads((tmp_path / "a/trainer_state.json").read_text())["config"]["extra"]["lr_from"].startswith("the rate base records")
+
+
+def test_the_shipped_base_records_the_rates_dev_chose_for_it():
+    base = modelio.resolve_model(None)
+    assert modelio.fine_tune_lr(base, "classify")[0] == modelio.fine_tune_lr(base, "ner")[0] == 5e-4

@@ -17,7 +17,7 @@ TASK_OPTIONS = {name: option for options, _ in TASKS.values() for name, option i
 
 
 @option_group("task_options", TASK_OPTIONS)
-@training_command()
+@training_command(lr=None)
 def train(
     train_file: Annotated[Optional[str], typer.Argument(metavar="TRAIN", help="classify: TSV with header label<TAB>text (or label<TAB>text_a<TAB>text_b), or JSONL. correct: source<TAB>target sentence pairs (optional with --synthetic). ner: CoNLL (char<TAB>TAG lines, a blank line between sentences) or JSONL {\"text\", \"entities\": [{\"start\", \"end\", \"type\"}]}.")] = None,
     output_dir: OutputDir = None,
@@ -42,6 +42,10 @@ def train(
             raise UsageError(f"--{stray[0].replace('_', '-')} is an option of --task {other}, not of --task {task}")
     check_inputs(train_file, dev, *(task_options.get("synthetic") or []), encoding=encoding)
     cfg = training(output_dir, {"command": "train", "task": task, "train": train_file, "dev": dev})
+    if cfg.lr is None:  # recorded in trainer_state.json with where it came from; no log line before data errors
+        from ..core import modelio
+
+        cfg.lr, cfg.extra["lr_from"] = modelio.fine_tune_lr(modelio.resolve_model(model), task)
     if task in TASKS:
         options, run = TASKS[task]
         run(train_file, dev, model, cfg, max_length=max_length, save_fp16=save_fp16,
@@ -52,3 +56,4 @@ def train(
     if train_file is None:
         raise UsageError("classification needs TRAIN")
     run_training(train_file, dev, model, cfg, max_length=max_length, save_fp16=save_fp16)
+

@@ -234,6 +234,23 @@ class Manifest:
         return manifest
 
 
+FALLBACK_LR = 5e-5  # BERT's fine-tuning rate (Devlin et al. 2019, appendix A.3), for bases that record none
+
+
+def fine_tune_lr(model: str, task: str) -> tuple[float, str]:
+    """The peak learning rate to fine-tune ``model`` for ``task`` with, and where it comes from.
+
+    A base model may record in its manifest the rate dev chose for it (``config.fine_tune.TASK.lr``):
+    the shipped 4 x 256 base wants 10x BERT-base's 5e-5 (README: pretraining gain table, NER
+    section), which a user cannot guess.  Anything else gets 5e-5."""
+    path = Path(model)
+    if path.is_dir() and (path / MANIFEST).exists():
+        recipe = (Manifest.read(path).config.get("fine_tune") or {}).get(task) or {}
+        if isinstance(recipe.get("lr"), (int, float)) and recipe["lr"] > 0:
+            return float(recipe["lr"]), f"the rate {path.name} records for {task}"
+    return FALLBACK_LR, "BERT's fine-tuning rate"
+
+
 def _legacy_manifest(directory: Path) -> Manifest:
     """The manifest of a directory written before ``bertkit.json`` existed."""
     for name, kind in LEGACY_FILES.items():
