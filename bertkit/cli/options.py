@@ -61,7 +61,7 @@ TRAINING_OPTIONS = {
     "max_minutes": (Annotated[Optional[float], typer.Option(min=0.01, help="Stop this run after N minutes of training, at a step boundary, evaluating and checkpointing there (--resume goes on).")], None),
     "batch_size": (Annotated[int, typer.Option(min=1, help="Examples per micro-batch and process.")], 32),
     "grad_accum": (Annotated[int, typer.Option(min=1, help="Micro-batches accumulated per optimizer step.")], 1),
-    "lr": (Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warmup then linear decay).")], 5e-5),
+    "lr": (Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warmup then linear decay). train: by default the rate the base model records for the task (bertkit.json), else 5e-5.")], 5e-5),
     "warmup": (Annotated[float, typer.Option(help="Fraction of the steps spent warming up the learning rate.")], 0.1),
     "weight_decay": (Annotated[float, typer.Option(help="AdamW weight decay (not applied to biases and LayerNorm).")], 0.01),
     "compute": (Annotated[str, typer.Option(help="Forward-pass arithmetic: float32, bfloat16 (autocast), or auto (bfloat16 where the hardware has native bf16 matmuls).")], "float32"),

@@ -18,6 +18,7 @@ Face cache.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -101,7 +102,7 @@ def check_model_dir(path: Path) -> None:
     if not isinstance(data, dict):
         raise BertkitError(f"{config} is not a model config: the model directory is corrupt")
     architecture = Manifest.read(path).architecture
-    if architecture != TRANSFORMERS and architecture not in ARCHITECTURES:
+    if architecture != TRANSFORMERS and architecture_builder(architecture) is None:
         raise BertkitError(f"{path}: architecture {architecture!r} is not one this version of bertkit builds")
     known = data.get("model_type") in CONFIG_MAPPING or architecture in ARCHITECTURES
     if "auto_map" in data or not known:
@@ -140,7 +141,7 @@ def load_model(model: str, cls, **kwargs) -> PreTrainedModel:
     try:
         architecture = Manifest.read(Path(model)).architecture if Path(model).is_dir() else TRANSFORMERS
         if architecture != TRANSFORMERS:
-            return ARCHITECTURES[architecture](Path(model), cls, **kwargs)
+            return architecture_builder(architecture)(Path(model), cls, **kwargs)
         return cls.from_pretrained(model, local_files_only=True, use_safetensors=True, trust_remote_code=False, **kwargs)
     except BertkitError:
         raise
@@ -304,6 +305,16 @@ def load_part(model: torch.nn.Module, directory: Path, manifest: Manifest, name:
 # builders of the architectures transformers does not know: name -> (directory, requested class,
 # from_pretrained's keyword arguments) -> model.  Code in bertkit, never in a model directory.
 ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {}
+# the architectures bertkit ships, by the module that registers each: imported when a directory
+# names one, so that loading a model never depends on what the caller happened to import
+BUILTIN_ARCHITECTURES = {"bertkit-compressed": "bertkit.compress.model"}
+
+
+def architecture_builder(name: str) -> Callable[..., torch.nn.Module] | None:
+    """The builder registered for ``name`` (importing the bertkit module that ships it), or None."""
+    if name not in ARCHITECTURES and name in BUILTIN_ARCHITECTURES:
+        importlib.import_module(BUILTIN_ARCHITECTURES[name])
+    return ARCHITECTURES.get(name)
 
 
 def register_architecture(name: str):

@@ -1,0 +1,362 @@
+"""Compression stages (bertkit/compress) on a tiny random BERT classifier: vocabulary pruning keeps
+tokenizer ids and embedding rows consistent; heads and FFN neurons are really removed (shapes,
+exact parameter counts, FLOPs) and the pruned model computes what the gated unpruned one does;
+importance finds a dead head; magnitude pruning and the bitmask storage are exact; 8-bit weights
+stay close to float32 and shrink the files; a compressed directory round-trips bit for bit."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+from bertkit.compress import quantize, sparse, structured, vocab
+from bertkit.compress.model import ARCHITECTURE, load_compressed, parameter_count, save_compressed, size_on_disk
+from bertkit.core import modelio
+from bertkit.core.errors import BertkitError
+from bertkit.core.flops import flop_counter
+from bertkit.core.vocab import SPECIAL_TOKENS, make_tokenizer
+from conftest import FILLER, MONEY, SPORT, synthetic_news, tiny_vocab
+
+HIDDEN, HEADS, WIDTH, LAYERS = 32, 4, 64, 2
+HEAD = HIDDEN // HEADS
+
+
+def tiny_classifier(seed: int = 0):
+    """A 2-layer, 32-wide BERT classifier with 4 heads of 8 and 3 labels over conftest's vocab;
+    weights drawn wider than BERT's 0.02 so the logits differ enough to compare."""
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer(tiny_vocab())
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                        intermediate_size=WIDTH, max_position_embeddings=64, num_labels=3, initializer_range=0.2,
+                        id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
+    model = BertForSequenceClassification(config).eval()
+    with torch.no_grad():  # BERT starts biases at 0: give them values, so that zeros mean pruning
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    return model, tokenizer
+
+
+def batches(tokenizer, n: int = 12, size: int = 4, seed: int = 1) -> list[dict]:
+    rows = synthetic_news(n, seed)
+    out = []
+    for i in range(0, n, size):
+        chunk = rows[i : i + size]
+        enc = tokenizer([t for _, t in chunk], padding=True, return_tensors="pt")
+        out.append({**enc, "labels": torch.tensor([0 if label == "sports" else 1 for label, _ in chunk])})
+    return out
+
+
+def inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def logits(model, batch) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(**inputs(batch)).logits
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- vocabulary
+
+
+def test_vocabulary_pruning_keeps_tokenizer_ids_and_embedding_rows_consistent(tmp_path):
+    model, tokenizer = tiny_classifier()
+    corpus = [SPORT[:10], SPORT[5:] + FILLER[:4]]
+    text = SPORT[2:9] + FILLER[1]  # only tokens the corpus has
+    old_batch = tokenizer([text], return_tensors="pt")
+    before = logits(model, old_batch)
+    old_rows = model.get_input_embeddings().weight.detach().clone()
+
+    new_tokenizer, record = vocab.prune_vocabulary(model, tokenizer, corpus)
+    used = set(SPORT + FILLER[:4])
+    assert set(new_tokenizer.get_vocab()) == set(SPECIAL_TOKENS) | used
+    assert record == {"stage": "vocab", "kept": len(SPECIAL_TOKENS) + len(used), "of": len(tokenizer), "min_count": 1}
+    rows = model.get_input_embeddings().weight
+    assert rows.shape == (len(new_tokenizer), HIDDEN) and model.config.vocab_size == len(new_tokenizer)
+    for token, new_id in new_tokenizer.get_vocab().items():  # each kept token's row moved with its id
+        assert torch.equal(rows[new_id], old_rows[tokenizer.convert_tokens_to_ids(token)]), token
+    assert new_tokenizer.convert_ids_to_tokens(model.config.pad_token_id) == "[PAD]"
+    new_batch = new_tokenizer([text], return_tensors="pt")
+    assert new_batch["input_ids"].tolist() != old_batch["input_ids"].tolist()  # the ids did change ...
+    assert torch.equal(logits(model, new_batch), before)  # ... and the model computes the same
+    assert new_tokenizer.tokenize(MONEY[0] + SPORT[0]) == ["[UNK]", SPORT[0]]  # a pruned token is unknown
+
+    # vocabulary pruning alone stays in the Hugging Face format: transformers loads it by itself
+    out = save_compressed(model, new_tokenizer, tmp_path / "vocab", [record])
+    manifest = modelio.Manifest.read(out)
+    assert manifest.architecture == modelio.TRANSFORMERS and manifest.config["compression"]["huggingface_format"]
+    plain = AutoModelForSequenceClassification.from_pretrained(out, local_files_only=True).eval()
+    assert torch.equal(logits(plain, new_batch), before)
+
+
+# ---------------------------------------------------------------- heads and FFN neurons
+
+
+def test_removing_heads_and_neurons_shrinks_the_layers_by_the_exact_parameter_count():
+    model, tokenizer = tiny_classifier()
+    batch = batches(tokenizer)[0]
+    before_params = n_params(model)
+    with flop_counter() as counter:
+        logits(model, batch)
+    before_flops = counter.get_total_flops()
+
+    structured.prune_heads(model, [[0, 2, 3], [1]])
+    structured.prune_neurons(model, [range(40), range(54, 64)])
+    layer0, layer1 = model.bert.encoder.layer
+    assert layer0.attention.self.query.weight.shape == (3 * HEAD, HIDDEN)
+    assert layer0.attention.self.value.bias.shape == (3 * HEAD,)
+    assert layer0.attention.output.dense.weight.shape == (HIDDEN, 3 * HEAD)
+    assert layer1.attention.self.key.weight.shape == (HEAD, HIDDEN)
+    assert layer0.intermediate.dense.weight.shape == (40, HIDDEN) and layer0.output.dense.weight.shape == (HIDDEN, 40)
+    assert layer1.intermediate.dense.weight.shape == (10, HIDDEN) and layer1.output.dense.weight.shape == (HIDDEN, 10)
+    assert structured.layer_shapes(model) == {"heads": [3, 1], "intermediate": [40, 10]}
+    per_head = 3 * (HIDDEN * HEAD + HEAD) + HIDDEN * HEAD  # q, k, v rows with biases; attention-output columns
+    per_neuron = HIDDEN + 1 + HIDDEN  # FFN-in row with bias; FFN-out column
+    assert before_params - n_params(model) == 4 * per_head + (24 + 54) * per_neuron
+    with flop_counter() as counter:
+        out = logits(model, batch)
+    assert out.shape == (4, 3) and counter.get_total_flops() < 0.6 * before_flops  # smaller matrices: less work
+
+    with pytest.raises(BertkitError, match="at least one"):
+        structured.prune_heads(model, [[], [0]])
+    with pytest.raises(BertkitError, match="do not fit"):
+        structured.prune_heads(model, [[0, 3], [0]])  # layer 0 has heads 0..2 now
+
+
+def test_the_pruned_model_computes_what_the_gated_unpruned_model_computes():
+    model, tokenizer = tiny_classifier()
+    batch = batches(tokenizer)[0]
+    full = copy.deepcopy(model)
+    keep_heads, keep_neurons = [[1, 3], [0, 1, 2]], [list(range(0, 64, 2)), list(range(50))]
+    structured.prune_heads(model, keep_heads)
+    structured.prune_neurons(model, keep_neurons)
+    head_gates = [torch.tensor([float(h in kept) for h in range(HEADS)]) for kept in keep_heads]
+    neuron_gates = [torch.tensor([float(i in kept) for i in range(WIDTH)]) for kept in keep_neurons]
+    with structured.gated(full, head_gates, neuron_gates):
+        gated = logits(full, batch)
+    assert not torch.allclose(logits(full, batch), gated, atol=1e-3)  # the gates matter ...
+    torch.testing.assert_close(logits(model, batch), gated, atol=1e-5, rtol=1e-5)  # ... and pruning is the same
+
+
+def test_importance_scores_a_dead_head_and_a_dead_neuron_zero_and_select_removes_them_first():
+    model, tokenizer = tiny_classifier()
+    layer = model.bert.encoder.layer[1]
+    with torch.no_grad():  # head 2 of layer 1 outputs nothing; neither does FFN neuron 5 of layer 0
+        layer.attention.self.value.weight[2 * HEAD : 3 * HEAD] = 0
+        layer.attention.self.value.bias[2 * HEAD : 3 * HEAD] = 0
+        model.bert.encoder.layer[0].intermediate.dense.weight[5] = 0
+        model.bert.encoder.layer[0].intermediate.dense.bias[5] = 0
+    scores = structured.importance(model, batches(tokenizer))
+    assert [s.shape for s in scores.heads] == [(HEADS,), (HEADS,)] and [s.shape for s in scores.neurons] == [(WIDTH,)] * 2
+    assert scores.heads[1][2] == 0 and (scores.heads[1][[0, 1, 3]] > 0).all() and (scores.heads[0] > 0).all()
+    assert scores.neurons[0][5] == 0 and int((scores.neurons[0] > 0).sum()) == WIDTH - 1
+    assert structured.select(scores.heads, 1 / 8) == [[0, 1, 2, 3], [0, 1, 3]]  # 1 head of 8, the dead one
+    assert 5 not in structured.select(scores.neurons, 1 / 128)[0]
+    assert structured.select(scores.heads, 1.0) == [[int(scores.heads[0].argmax())], [int(scores.heads[1].argmax())]]
+    assert [len(k) for k in structured.select(scores.neurons, 0.25, per_layer=True)] == [48, 48]
+    assert model.training is False and all(p.grad is None for p in model.parameters())
+
+    record = structured.prune_structure(model, batches(tokenizer), heads=0.25, neurons=0.5)
+    assert 2 in record["removed_heads"].get("1", [])  # the dead head goes
+    assert sum(record["heads"]) == 6 and sum(record["intermediate"]) == WIDTH
+    assert structured.layer_shapes(model) == {"heads": record["heads"], "intermediate": record["intermediate"]}
+
+
+def test_distillation_loss_is_hintons_softened_kl_and_trains_the_student_only():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(5, 3, requires_grad=True), torch.randn(5, 3, requires_grad=True)
+    assert structured.distillation_loss(teacher.detach(), teacher.detach(), 3.0).item() == pytest.approx(0.0, abs=1e-6)
+    t = 2.0
+    p, log_q = (teacher / t).softmax(-1), (student / t).log_softmax(-1)
+    expected = t * t * (p * (p.log() - log_q)).sum(-1).mean()
+    loss = structured.distillation_loss(student, teacher, t)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and loss.item() > 0
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    mixed = structured.distillation_loss(student, teacher, t, labels, alpha=0.25)
+    ce = torch.nn.functional.cross_entropy(student, labels)
+    assert mixed.item() == pytest.approx(0.25 * expected.item() + 0.75 * ce.item(), rel=1e-5)
+    mixed.backward()
+    assert student.grad is not None and teacher.grad is None
+
+    model, tokenizer = tiny_classifier()
+    full = copy.deepcopy(model)
+    structured.prune_heads(model, [[0], [0, 1]])
+    objective = structured.distillation_objective(full, temperature=2.0)
+    loss = objective(model.train(), batches(tokenizer)[0])
+    loss.backward()
+    assert loss.item() > 0 and model.bert.encoder.layer[0].attention.self.query.weight.grad is not None
+    assert all(p.grad is None and not p.requires_grad for p in full.parameters())
+
+
+# ---------------------------------------------------------------- sparse
+
+
+def test_magnitude_pruning_zeroes_exactly_the_smallest_weights_and_keeps_them_zero():
+    model, tokenizer = tiny_classifier()
+    original = {n: m.weight.detach().clone() for n, m in sparse.encoder_linears(model).items()}
+    assert len(original) == 6 * LAYERS
+    record = sparse.magnitude_prune(model, 0.6)
+    assert record["measured"] == pytest.approx(0.6, abs=1e-3)
+    for name, linear in sparse.encoder_linears(model).items():
+        w, old = linear.weight.detach(), original[name]
+        zero = w == 0
+        assert int(zero.sum()) == round(0.6 * w.numel()) and not w[zero].signbit().any()  # +0.0, not -0.0
+        assert torch.equal(w[~zero], old[~zero]) and old[zero].abs().max() <= old[~zero].abs().min()
+    assert model.classifier.weight.ne(0).all()  # the classifier is left dense
+
+    hook = sparse.KeepSparse(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)  # what an optimizer step does to pruned weights
+    hook.after_optimizer_step(None, model, 1)
+    assert sparse.sparsity_of(model) == pytest.approx(0.6, abs=1e-3)
+
+
+
+def test_movement_scores_are_minus_gradient_times_weight_and_prune_to_the_target():
+    model, tokenizer = tiny_classifier()
+    batch = batches(tokenizer)[0]
+    scores = sparse.movement_scores(model, [batch])
+    name = "bert.encoder.layer.1.output.dense"
+    w = model.get_submodule(name).weight
+    loss = torch.nn.functional.cross_entropy(model(**inputs(batch)).logits, batch["labels"])
+    (grad,) = torch.autograd.grad(loss, [w])
+    torch.testing.assert_close(scores[name], -grad * w.detach())
+    kept = scores[name] > scores[name].flatten().kthvalue(round(0.8 * w.numel())).values
+    record = sparse.movement_prune(model, scores, 0.8)
+    assert record["measured"] == pytest.approx(0.8, abs=1e-3)
+    assert torch.equal(w.detach() != 0, kept)  # the weights moving away from zero stay
+
+
+def test_sparse_storage_round_trips_every_bit():
+    torch.manual_seed(0)
+    dense = torch.randn(13, 7)
+    dense[dense.abs() < 0.8] = 0
+    dense[0, 1] = float("nan")  # NaN comes back as it was
+    codes, _ = quantize.quantize_rows(torch.where(torch.rand(9, 5) > 0.7, torch.randn(9, 5), 0.0), "int8")
+    fp8, _ = quantize.quantize_rows(torch.where(torch.rand(3, 11) > 0.5, torch.randn(3, 11), 0.0), "fp8")
+    for tensor in (dense, codes, fp8, torch.zeros(3, 3), torch.tensor([1.5, 0.0, 2.0])):
+        packed = sparse.pack(tensor)
+        assert packed["mask"].numel() == (tensor.numel() + 7) // 8
+        back = sparse.unpack(packed["mask"], packed["values"], packed["shape"])
+        assert back.dtype == tensor.dtype and back.shape == tensor.shape
+        assert torch.equal(back.view(torch.uint8), tensor.contiguous().view(torch.uint8))
+    assert sparse.packed_bytes(dense) < dense.numel() * 4 and sparse.worth_packing(dense)
+    signed = torch.tensor([[-0.0, 1.0], [0.0, -2.0]])  # -0.0 (what pruning by a product leaves) is a zero
+    packed = sparse.pack(signed)
+    assert packed["values"].tolist() == [1.0, -2.0]
+    assert torch.equal(sparse.unpack(**packed).view(torch.int32), torch.tensor([[0.0, 1.0], [0.0, -2.0]]).view(torch.int32))
+    assert not sparse.worth_packing(torch.randn(8, 8))
+    with pytest.raises(ValueError):
+        sparse.unpack(packed["mask"], packed["values"][:1], packed["shape"])
+
+
+# ---------------------------------------------------------------- quantization
+
+
+def test_8bit_weights_stay_close_to_float32_and_shrink_the_files(tmp_path):
+    model, tokenizer = tiny_classifier()
+    data = batches(tokenizer)
+    weights = model.get_input_embeddings().weight.detach()
+    codes, scale = quantize.quantize_rows(weights, "int8")
+    assert codes.dtype == torch.int8 and (codes.float() * scale[:, None] - weights).abs().le(scale[:, None] / 2 + 1e-7).all()
+    codes, scale = quantize.quantize_rows(weights, "fp8")
+    assert codes.dtype == torch.float8_e4m3fn
+    assert ((codes.float() * scale[:, None] - weights).abs() <= weights.abs() / 16 + scale[:, None] * 2 ** -9).all()
+
+    save_compressed(model, tokenizer, tmp_path / "float", [])
+    spread = torch.cat([logits(model, b) for b in data]).std().item()
+    for fmt, tolerance in (("int8", 0.03), ("fp8", 0.08)):  # the tables alone (measured: 1.2% and 3.7%)
+        small = copy.deepcopy(model)
+        quantize.quantize(small, embeddings=fmt, linear=False)
+        closeness = quantize.compare_outputs(model, small, data)
+        assert 0 < closeness["max_abs_diff"] < tolerance * spread, closeness
+    for fmt in ("int8", "fp8"):  # with int8 Linear layers (7-bit activations on x86): 11% at most, 3% on average
+        small = copy.deepcopy(model)
+        record = quantize.quantize(small, embeddings=fmt)
+        assert isinstance(small.bert.embeddings.word_embeddings, quantize.QuantizedEmbedding)
+        assert quantize.is_int8_linear(small.bert.encoder.layer[0].intermediate.dense)
+        closeness = quantize.compare_outputs(model, small, data)
+        assert closeness["max_abs_diff"] < 0.15 * spread and closeness["mean_abs_diff"] < 0.05 * spread, closeness
+        assert closeness["agreement"] == 1.0, closeness
+        out = save_compressed(small, tokenizer, tmp_path / fmt, [record])
+        stored = load_file(str(out / "model.safetensors"))
+        assert {t.dtype for t in stored.values() if t.dim() == 2} == {torch.int8, quantize.FORMATS[fmt][0]}
+        # under 4x here: the LayerNorms, biases, a scale per 32-wide row and the file's index weigh in a tiny model
+        ratio = size_on_disk(tmp_path / "float")["weights"] / size_on_disk(out)["weights"]
+        assert ratio > 2.5, ratio
+        assert parameter_count(small) == n_params(model)
+
+    linear = torch.nn.Sequential(torch.nn.Linear(16, 5))
+    quantize.quantize_linears(linear)
+    rebuilt = quantize.int8_linear(*quantize.linear_codes(linear[0]))
+    x = torch.randn(4, 16)
+    assert torch.equal(rebuilt(x), linear[0](x))
+
+
+# ---------------------------------------------------------------- the directory
+
+
+def test_a_compressed_directory_round_trips_through_save_and_load(tmp_path):
+    from bertkit.classify.runner import Classifier
+
+    model, tokenizer = tiny_classifier()
+    texts = [t for _, t in synthetic_news(16, 3)]
+    tokenizer, r1 = vocab.prune_vocabulary(model, tokenizer, texts)
+    data = batches(tokenizer)
+    r2 = structured.prune_structure(model, data, heads=0.25, neurons=0.5)
+    r3 = sparse.magnitude_prune(model, 0.5)
+    r4 = quantize.quantize(model, embeddings="fp8")
+    out = save_compressed(model, tokenizer, tmp_path / "compressed", [r1, r2, r3, r4])
+
+    manifest = modelio.Manifest.read(out)
+    spec = manifest.config["compression"]
+    assert manifest.kind == "classifier" and manifest.architecture == ARCHITECTURE
+    assert [s["stage"] for s in spec["stages"]] == ["vocab", "structured", "sparse", "quantize"]
+    assert not spec["huggingface_format"] and len(spec["why_not_huggingface"]) == 4
+    assert spec["heads"] == r2["heads"] and spec["intermediate"] == r2["intermediate"]
+    assert json.loads((out / "config.json").read_text())["model_type"] == ARCHITECTURE
+    assert any(k.endswith(".sparse_mask") for k in load_file(str(out / "model.safetensors")))
+
+    loaded, loaded_tokenizer = load_compressed(out)
+    assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    for batch in data:
+        assert torch.equal(logits(loaded, batch), logits(model, batch))
+    assert parameter_count(loaded, nonzero=True) == parameter_count(model, nonzero=True)
+    backbone = modelio.load_model(str(out), AutoModel)
+    with torch.inference_mode():
+        assert torch.equal(backbone(**inputs(data[0])).last_hidden_state, model.bert(**inputs(data[0])).last_hidden_state)
+    # the classifier runner loads it like any fine-tuned classifier
+    runner = Classifier.load(str(out))
+    expected = list(Classifier(model, tokenizer).predict_proba(texts))
+    assert all(torch.equal(a, b) for a, b in zip(runner.predict_proba(texts), expected))
+
+    with pytest.raises(ValueError, match="does not recognize"):  # transformers refuses rather than guessing
+        AutoModelForSequenceClassification.from_pretrained(out, local_files_only=True)
+    tensors = load_file(str(out / "model.safetensors"))
+    del tensors["bert.encoder.layer.0.intermediate.dense.weight_int8.sparse_values"]
+    save_file(tensors, str(out / "model.safetensors"))
+    with pytest.raises(BertkitError, match="cannot load model .*sparse form"):
+        load_compressed(out)
+    with pytest.raises(BertkitError, match="compressed model"):
+        modelio.load_model(str(out), AutoModelForSequenceClassification, num_labels=5)
+
+
+def test_stages_in_the_wrong_order_are_refused(tmp_path):
+    model, tokenizer = tiny_classifier()
+    quantize.quantize(model, embeddings="int8")
+    with pytest.raises(BertkitError, match="before quantizing"):
+        structured.prune_heads(model, [[0], [0]])
+    with pytest.raises(BertkitError, match="before quantizing the embeddings"):
+        vocab.prune_vocabulary(model, tokenizer, ["球队"])
+    with pytest.raises(BertkitError, match="BertForSequenceClassification"):
+        save_compressed(model.bert, tokenizer, tmp_path / "x", [])
