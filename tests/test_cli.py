@@ -115,7 +115,7 @@ def test_help_lists_only_working_commands():
     proc = cli("--help", check=True)
     commands = proc.stdout.decode().split("Commands:\n")[1].splitlines()
     listed = {line.split()[0] for line in commands if line.startswith("  ") and not line.startswith("   ")}
-    assert listed == {"pretrain", "train", "predict", "eval", "embed", "correct", "distill", "contrast"}
+    assert listed == {"pretrain", "train", "predict", "eval", "embed", "correct", "distill", "contrast", "compress"}
     for command in listed:
         assert cli(command, "--help").returncode == 0
 

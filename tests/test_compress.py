@@ -360,3 +360,77 @@ def test_stages_in_the_wrong_order_are_refused(tmp_path):
         vocab.prune_vocabulary(model, tokenizer, ["球队"])
     with pytest.raises(BertkitError, match="BertForSequenceClassification"):
         save_compressed(model.bert, tokenizer, tmp_path / "x", [])
+
+
+# ---------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_model, news_data, tmp_path_factory):
+    from conftest import cli
+
+    out = tmp_path_factory.mktemp("compress") / "ft"
+    train, dev = news_data
+    cli("train", str(train), "--dev", str(dev), "-m", str(tiny_model), "-o", str(out), "--epochs", "3", "--lr", "3e-3",
+        "--batch-size", "16", check=True)
+    return out
+
+
+def test_compress_end_to_end_keeps_stages_within_the_budget_and_the_result_loads(finetuned, news_data, tmp_path):
+    from conftest import cli
+
+    train, dev = news_data
+    out = tmp_path / "c"
+    result = cli("compress", "-m", str(finetuned), "--train", str(train), "--dev", str(dev), "-o", str(out),
+                 "--rounds", "1", "--batch-size", "16", "--max-loss", "100", check=True)
+    report = json.loads(result.stdout)
+    assert [r["stage"] for r in report["stages"]] == ["fine-tuned", "vocab", "structure", "sparse", "quantize"]
+    assert report["kept"] == ["vocab", "structure", "sparse", "quantize"]  # a budget of 100 points keeps all
+    sizes = [r["size_bytes"] for r in report["stages"]]
+    assert sizes == sorted(sizes, reverse=True) and report["size_ratio"] > 3
+    assert report["stages"][2]["parameters"] < report["stages"][1]["parameters"]  # heads and neurons gone
+    assert "structure" in result.stderr.decode() and not (tmp_path / "c.work").exists()
+    manifest = modelio.Manifest.read(out)
+    assert [s["stage"] for s in manifest.config["compression"]["stages"]] == report["kept"]
+    scores = json.loads(cli("eval", str(dev), "-m", str(out), check=True).stdout)
+    assert abs(100 * scores["accuracy"] - report["dev_accuracy_compressed"]) < 1e-6
+    lines = cli("predict", "-", "-m", str(out), input="比赛\n\n股票\n".encode(), check=True).stdout.decode().splitlines()
+    assert len(lines) == 3
+
+
+def test_a_stage_over_the_budget_is_reported_skipped_with_its_loss(finetuned, news_data, tmp_path):
+    from conftest import cli
+
+    train, dev = news_data
+    out = tmp_path / "c"
+    report = json.loads(cli("compress", "-m", str(finetuned), "--train", str(train), "--dev", str(dev), "-o", str(out),
+                            "--stages", "sparse", "--sparsity", "0.99", "--max-steps", "1", "--max-loss", "0",
+                            "--rounds", "1", check=True).stdout)
+    row = report["stages"][1]
+    assert row["stage"] == "sparse" and row["dev_loss"] > 0 and not row["kept"]
+    assert f"{row['dev_loss']:g} points below" in row["skipped"] and report["kept"] == []
+    assert modelio.Manifest.read(out).config["compression"]["stages"] == []  # the uncompressed model, saved as is
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-loss", "-1"], "--max-loss must be 0 or more"),
+    (["--stages", "vocab,prune"], "no compression stage 'prune'"),
+    (["--embeddings", "int4"], "--embeddings must be int8 or fp8"),
+])
+def test_bad_compress_options_are_one_error_line(finetuned, news_data, tmp_path, args, message):
+    from conftest import cli
+
+    train, dev = news_data
+    result = cli("compress", "-m", str(finetuned), "--train", str(train), "--dev", str(dev), "-o", str(tmp_path / "c"), *args)
+    err = result.stderr.decode()
+    assert result.returncode != 0 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert message in err
+
+
+def test_compress_refuses_a_model_that_is_not_a_fine_tuned_classifier(tiny_model, news_data, tmp_path):
+    from conftest import cli
+
+    train, dev = news_data
+    result = cli("compress", "-m", str(tiny_model), "--train", str(train), "--dev", str(dev), "-o", str(tmp_path / "c"))
+    err = result.stderr.decode()
+    assert result.returncode == 1 and err.startswith("error: ") and "not a fine-tuned classifier" in err, err

@@ -1,7 +1,7 @@
 """The ``bertkit`` command line: a thin layer over the library.
 
 One module per command group (:mod:`.pretrain`, :mod:`.train`, :mod:`.classify`, :mod:`.embed`,
-:mod:`.correct`, :mod:`.distill`, :mod:`.contrast`, :mod:`.evaluate`), registered here on the one Typer app (:mod:`.app`); the options several
+:mod:`.correct`, :mod:`.distill`, :mod:`.contrast`, :mod:`.compress`, :mod:`.evaluate`), registered here on the one Typer app (:mod:`.app`); the options several
 commands share are defined once (:mod:`.options`).  A command parses, calls a runner or a
 training recipe, and prints.  Every command reads files or stdin (``-``), writes stdout or
 ``-o FILE``, and logs on stderr.  A :class:`~bertkit.core.errors.BertkitError` becomes one
@@ -14,7 +14,7 @@ import sys
 import typer
 
 from ..core.errors import BertkitError
-from . import classify, contrast, correct, distill, embed, evaluate, pretrain, train
+from . import classify, compress, contrast, correct, distill, embed, evaluate, pretrain, train
 from .app import app
 
 # the commands, in the order --help lists them
@@ -26,6 +26,7 @@ app.command()(embed.embed)
 app.command()(correct.correct)
 app.command()(distill.distill)
 app.command()(contrast.contrast)
+app.command()(compress.compress)
 
 def main() -> None:
     """Console entry point: user errors as one line, never a traceback."""

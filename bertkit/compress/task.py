@@ -1,0 +1,253 @@
+"""``bertkit compress``: the stages in order under an accuracy budget, EdgeBERT's recipe.
+
+EdgeBERT (Tambe et al., MICRO 2021, section 4) stacks its compressions and keeps each only while
+the task's accuracy stays within a budget of the uncompressed model's.  Here each stage is
+applied to a copy of the model the previous kept stages left, recovered where it needs to be
+(structured and unstructured pruning: distillation from the uncompressed model, Hinton et al.
+2015, over the training texts, EdgeBERT's and TextPruner's way of winning accuracy back), then
+measured on dev (accuracy), on disk (the directory it would save) and on the clock (batch 1 and
+32, timed in turn with the uncompressed model over ``rounds`` rounds, median).  A stage whose dev
+accuracy falls more than ``max_loss`` points below the uncompressed model's is reported as
+skipped with its measured loss, and the next stage starts from the last kept model.
+
+Where we deviate from EdgeBERT, and why:
+- Its adaptive attention span and its early exit are not stages here yet; its floating-point
+  quantization of ALBERT's shared weights is int8 (dynamic, with CPU kernels) for Linear layers
+  and int8 or float8 storage for the embeddings (:mod:`.quantize`).
+- Its pruning is movement pruning during fine-tuning; here heads and FFN neurons go first, by
+  importance (structured, so the model gets faster), then magnitude pruning of what remains
+  (stored sparse: smaller files, not faster products).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..classify.data import Example, check_labels, load_labelled
+from ..classify.runner import Classifier
+from ..classify.task import ClassifyTask
+from ..core import modelio
+from ..core.errors import BertkitError
+from ..core.files import atomic_entries
+from ..core.progress import log
+from ..training import TrainConfig, Trainer
+from . import quantize as quantize_stage
+from .model import parameter_count, save_compressed, size_on_disk
+from .sparse import KeepSparse, magnitude_prune
+from .structured import distillation_objective, prune_structure
+from .vocab import prune_vocabulary
+
+STAGES = ("vocab", "structure", "sparse", "quantize")  # the order they apply in
+
+
+@dataclass
+class CompressOptions:
+    max_loss: float = 1.0  # dev accuracy points a kept stage may cost, against the uncompressed model
+    stages: Sequence[str] = STAGES
+    heads: float = 0.5  # fraction of attention heads removed (structure)
+    ffn: float = 0.5  # fraction of FFN neurons removed (structure)
+    sparsity: float = 0.5  # fraction of the remaining encoder weights zeroed (sparse)
+    embeddings: str = "int8"  # 8-bit format of the embedding tables (quantize): int8 or fp8
+    importance_examples: int = 512  # training examples that score heads and neurons
+    timing_examples: int = 256  # dev examples each latency is measured on
+    rounds: int = 3  # timing rounds (median)
+    max_length: int = 128
+    recover: dict = field(default_factory=dict)  # stage -> TrainConfig of its recovery run
+
+
+def check_stages(names: Sequence[str]) -> list[str]:
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise BertkitError(f"no compression stage {unknown[0]!r}: the stages are {', '.join(STAGES)}")
+    return [s for s in STAGES if s in names]  # always in the order that works (vocab before quantize ...)
+
+
+class Candidate:
+    """A model (and tokenizer) a stage produced, with the records of the stages in it."""
+
+    def __init__(self, model: nn.Module, tokenizer, records: list[dict]):
+        self.model, self.tokenizer, self.records = model, tokenizer, records
+
+    def classifier(self, options: CompressOptions) -> Classifier:
+        return Classifier(self.model.eval(), self.tokenizer, max_length=options.max_length)
+
+    def copy(self) -> "Candidate":
+        return Candidate(copy.deepcopy(self.model), self.tokenizer, list(self.records))
+
+
+# ---------------------------------------------------------------- the stages
+
+
+def _vocab(c: Candidate, train: Sequence[Example], options, teacher) -> dict:
+    c.tokenizer, record = prune_vocabulary(c.model, c.tokenizer, [(ex.text, ex.text_b) if ex.text_b else ex.text for ex in train])
+    return record
+
+
+def _structure(c: Candidate, train, options, teacher) -> dict:
+    batches = _batches(c, train[: options.importance_examples], options, labelled=True)
+    record = prune_structure(c.model, batches, heads=options.heads, neurons=options.ffn)
+    return record | _recover(c, train, options, teacher, "structure")
+
+
+def _sparse(c: Candidate, train, options, teacher) -> dict:
+    record = {"stage": "sparse", **magnitude_prune(c.model, options.sparsity)}
+    return record | _recover(c, train, options, teacher, "sparse", hooks=[KeepSparse(c.model)])
+
+
+def _quantize(c: Candidate, train, options, teacher) -> dict:
+    return quantize_stage.quantize(c.model, embeddings=options.embeddings, linear=True)
+
+
+APPLY: dict[str, Callable[..., dict]] = {"vocab": _vocab, "structure": _structure, "sparse": _sparse, "quantize": _quantize}
+
+
+def _batches(c: Candidate, examples: Sequence[Example], options: CompressOptions, labelled: bool, size: int = 32):
+    runner = c.classifier(options)
+    label_id = {label: i for i, label in enumerate(runner.labels)}
+    windows = [(w, label_id[ex.label]) for ex in examples for w in runner.encoder.encode(ex.text, ex.text_b)]
+    for i in range(0, len(windows), size):
+        chunk = windows[i : i + size]
+        batch = runner.encoder.pad_batch([w for w, _ in chunk])
+        if labelled:
+            batch["labels"] = torch.tensor([y for _, y in chunk])
+        yield batch
+
+
+class RecoveryTask(ClassifyTask):
+    """Fine-tuning the pruned model towards the uncompressed one's logits (and the labels)."""
+
+    def __init__(self, classifier: Classifier, train, teacher: nn.Module, records: list[dict]):
+        super().__init__(classifier, train, [])
+        self.loss = distillation_objective(teacher)
+        self.records = records
+
+    def save(self, model, directory: Path) -> None:
+        # the loop's directory also holds its checkpoints: add the model beside them, replace nothing else
+        with atomic_entries(Path(directory)) as staging:
+            save_compressed(model, self.classifier.tokenizer, staging / "model", self.records)
+
+
+def _recover(c: Candidate, train, options: CompressOptions, teacher: nn.Module, stage: str, hooks=()) -> dict:
+    cfg: TrainConfig | None = options.recover.get(stage)
+    if cfg is None or not train:
+        return {"recovered": False}
+    c.model.train()
+    task = RecoveryTask(c.classifier(options), train, teacher, c.records)
+    log(f"{stage}: recovering by distillation from the uncompressed model ({cfg.epochs:g} epochs, lr {cfg.lr:g})")
+    Trainer(task, task.examples, cfg, hooks=hooks).fit()
+    c.model.eval()
+    return {"recovered": True, "recovery_epochs": cfg.epochs, "recovery_lr": cfg.lr}
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def measure(c: Candidate, dev: Sequence[Example], timing: Sequence[Example], reference: Classifier | None,
+            options: CompressOptions) -> dict:
+    """Dev accuracy, size on disk, parameters, and latency (vs ``reference``, timed in turn)."""
+    runner = c.classifier(options)
+    accuracy = 100 * runner.evaluate(dev, source="dev")["accuracy"]
+    with tempfile.TemporaryDirectory() as tmp:
+        save_compressed(c.model, c.tokenizer, Path(tmp) / "m", c.records)
+        size = size_on_disk(Path(tmp) / "m")["weights"]
+    row = {"dev_accuracy": round(accuracy, 2), "size_bytes": size, "parameters": parameter_count(c.model),
+           "nonzero_parameters": parameter_count(c.model, nonzero=True)}
+    for batch_size in (1, 32):
+        if reference is None:  # the uncompressed model itself: the ratios' denominator
+            seconds = timed_pair(runner, runner, timing, batch_size, options.rounds, alone=True)
+        else:
+            seconds = timed_pair(reference, runner, timing, batch_size, options.rounds)
+        row[f"latency_ms_b{batch_size}"] = round(1000 * statistics.median(seconds["model"]) / len(timing) * batch_size, 3)
+        ratios = [r / m for r, m in zip(seconds["reference"], seconds["model"])]
+        row[f"latency_ratio_b{batch_size}"] = round(statistics.median(ratios), 3)
+        row[f"latency_ratio_b{batch_size}_spread"] = [round(min(ratios), 3), round(max(ratios), 3)]
+    return row
+
+
+def timed_pair(reference: Classifier, model: Classifier, examples: Sequence[Example], batch_size: int,
+               rounds: int, alone: bool = False) -> dict[str, list[float]]:
+    """Seconds for each of the two to predict ``examples`` at ``batch_size``, alternating, per round
+    (``alone``: ``model`` only, its times given for both)."""
+    out = {"reference": [], "model": []}
+    pair = (("model", model),) if alone else (("reference", reference), ("model", model))
+    for _, runner in pair:  # warm-up: first-call allocations and int8 weight packing
+        runner.batch_size = batch_size
+        list(runner.predict_proba(examples[: 2 * batch_size]))
+    for _ in range(max(rounds, 1)):
+        for name, runner in pair:
+            runner.batch_size = batch_size
+            start = time.perf_counter()
+            for _ in runner.predict_proba(examples):
+                pass
+            out[name].append(time.perf_counter() - start)
+    if alone:
+        out["reference"] = list(out["model"])
+    return out
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+def run_compress(model_path: str | None, train_path: str, dev_path: str, output_dir: Path,
+                 options: CompressOptions) -> dict:
+    """Apply ``options.stages`` in order, keeping each only within the budget; save the result.
+    Returns the per-stage table (the uncompressed model first) and what was kept."""
+    if options.max_loss < 0:
+        raise BertkitError(f"--max-loss must be 0 or more, not {options.max_loss:g}")
+    stages = check_stages(options.stages)
+    path = modelio.resolve_model(model_path)
+    full = Classifier.load(path, max_length=options.max_length)
+    train, dev = load_labelled(train_path), load_labelled(dev_path)
+    check_labels(train, full.labels, train_path, "model's")
+    check_labels(dev, full.labels, dev_path, "model's")
+    timing = dev[: options.timing_examples]
+    teacher = full.model
+    kept = Candidate(copy.deepcopy(teacher), full.tokenizer, [])
+    base = {"stage": "fine-tuned", **measure(kept, dev, timing, None, options), "kept": True}
+    rows = [base]
+    log(_row_line(base, base))
+    for stage in stages:
+        candidate = kept.copy()
+        record = {**APPLY[stage](candidate, train, options, teacher), "stage": stage}
+        candidate.records.append(record)
+        row = {"stage": stage, **measure(candidate, dev, timing, full, options)}
+        loss = round(base["dev_accuracy"] - row["dev_accuracy"], 2)
+        row["dev_loss"] = loss
+        row["kept"] = loss <= options.max_loss
+        if row["kept"]:
+            kept = candidate
+        else:
+            row["skipped"] = f"dev accuracy {loss:g} points below the uncompressed model's, over --max-loss {options.max_loss:g}"
+        row["record"] = record
+        rows.append(row)
+        log(_row_line(row, base))
+    save_compressed(kept.model, kept.tokenizer, output_dir, kept.records)
+    for cfg in options.recover.values():  # the recovery runs' checkpoints: done with
+        shutil.rmtree(cfg.output_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            Path(cfg.output_dir).parent.rmdir()
+    final = rows[max(i for i, r in enumerate(rows) if r["kept"])]
+    return {"stages": rows, "kept": [r["stage"] for r in rows[1:] if r["kept"]],
+            "size_ratio": round(base["size_bytes"] / final["size_bytes"], 2),
+            "latency_ratio_b1": final["latency_ratio_b1"], "latency_ratio_b32": final["latency_ratio_b32"],
+            "dev_accuracy_full": base["dev_accuracy"], "dev_accuracy_compressed": final["dev_accuracy"],
+            "output": str(output_dir)}
+
+
+def _row_line(row: dict, base: dict) -> str:
+    status = "" if row["kept"] else f"  SKIPPED ({row['skipped']})"
+    return (f"{row['stage']:<11} dev acc {row['dev_accuracy']:6.2f}  size {row['size_bytes'] / 1e6:7.2f} MB "
+            f"({base['size_bytes'] / row['size_bytes']:5.2f}x)  params {row['parameters']:>10,}  "
+            f"latency b1 {row['latency_ms_b1']:.2f} ms ({row['latency_ratio_b1']:.2f}x)  "
+            f"b32 {row['latency_ms_b32']:.2f} ms/batch ({row['latency_ratio_b32']:.2f}x){status}")
