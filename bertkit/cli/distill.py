@@ -14,7 +14,7 @@ Speed = Annotated[Optional[float], typer.Option(help="Early exit: leave at the f
 Patience = Annotated[Optional[int], typer.Option(help="Early exit by PABEE's rule instead: leave once this many consecutive layers agree with the one before.")]
 
 
-@training_command(epochs=3.0, lr=5e-5)
+@training_command(epochs=3.0, lr=None)
 def distill(
     train_file: Annotated[Optional[str], typer.Argument(metavar="TRAIN", help="Labelled data as for train (label<TAB>text or label<TAB>text_a<TAB>text_b, TSV with header, or JSONL).")] = None,
     dev: Annotated[Optional[str], typer.Option(help="Dev data: picks each stage's checkpoint, then the default speed (--target-loss).")] = None,
@@ -49,6 +49,10 @@ def distill(
         raise UsageError("distill reads TRAIN and DEV once per stage: give files, not -")
     check_inputs(train_file, dev, *(unlabelled or []), encoding=encoding)
     cfg = training(output_dir, {"command": "distill", "train": train_file, "dev": dev})
+    if cfg.lr is None:  # stage 1 fine-tunes as `bertkit train` does: the base's recorded rate, else 5e-5
+        from ..core import modelio
+
+        cfg.lr, cfg.extra["lr_from"] = modelio.fine_tune_lr(modelio.resolve_model(model), "classify")
     from ..distill.task import run_distillation
 
     student_cfg = dataclasses.replace(cfg, lr=student_lr, epochs=student_epochs or cfg.epochs,
