@@ -434,3 +434,26 @@ def test_compress_refuses_a_model_that_is_not_a_fine_tuned_classifier(tiny_model
     result = cli("compress", "-m", str(tiny_model), "--train", str(train), "--dev", str(dev), "-o", str(tmp_path / "c"))
     err = result.stderr.decode()
     assert result.returncode == 1 and err.startswith("error: ") and "not a fine-tuned classifier" in err, err
+
+
+def test_recovery_distils_from_a_teacher_that_reads_the_pruned_vocabulary(finetuned, news_data, tmp_path, monkeypatch):
+    """After vocabulary pruning the student's token ids are new: a teacher reading them with the
+    old vocabulary would teach noise (a bug once cost 12 dev points).  The teacher given to the
+    recovery must give the student's own logits before any recovery step."""
+    from conftest import cli
+
+    from bertkit.compress import task as compress_task
+
+    seen = []
+
+    def spy(c, train, options, teacher, stage, hooks=()):
+        batch = next(compress_task._batches(c, train[:8], options, labelled=False))
+        with torch.no_grad():
+            seen.append(torch.allclose(teacher(**batch).logits, c.model.eval()(**batch).logits, atol=1e-5))
+        return {"recovered": False}
+
+    monkeypatch.setattr(compress_task, "_recover", spy)
+    train, dev = news_data
+    cli("compress", "-m", str(finetuned), "--train", str(train), "--dev", str(dev), "-o", str(tmp_path / "c"),
+        "--stages", "vocab,sparse", "--sparsity", "0", "--rounds", "1", "--max-loss", "100", check=True)
+    assert seen == [True]

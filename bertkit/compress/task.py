@@ -212,7 +212,7 @@ def run_compress(model_path: str | None, train_path: str, dev_path: str, output_
     check_labels(train, full.labels, train_path, "model's")
     check_labels(dev, full.labels, dev_path, "model's")
     timing = dev[: options.timing_examples]
-    teacher = full.model
+    teacher = full.model  # distillation's teacher: the uncompressed model (after vocab: its pruned-vocabulary twin)
     kept = Candidate(copy.deepcopy(teacher), full.tokenizer, [])
     base = {"stage": "fine-tuned", **measure(kept, dev, timing, None, options), "kept": True}
     rows = [base]
@@ -227,6 +227,8 @@ def run_compress(model_path: str | None, train_path: str, dev_path: str, output_
         row["kept"] = loss <= options.max_loss
         if row["kept"]:
             kept = candidate
+            if stage == "vocab":  # the teacher must read the ids the student reads: same function, pruned vocabulary
+                teacher = copy.deepcopy(candidate.model).eval()
         else:
             row["skipped"] = f"dev accuracy {loss:g} points below the uncompressed model's, over --max-loss {options.max_loss:g}"
         row["record"] = record

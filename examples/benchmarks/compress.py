@@ -1,0 +1,109 @@
+"""Compression (`bertkit compress`, EdgeBERT-style stages under a dev budget) against the fine-tuned
+model it starts from, two rows in one run on --threads CPU threads:
+
+- zh: the shipped bertkit-zh-mini fine-tuned on cls/reviews_train.tsv (1 epoch at the base's
+  recorded rate, the early-exit benchmark's stage-1 recipe), compressed with reviews_dev.tsv as
+  the budget's dev set, scored on reviews_test.tsv;
+- en: all-MiniLM-L6-v2 fine-tuned on cls/agnews_train.tsv (1 epoch, lr 1e-4), compressed with the
+  first half of agnews_dev.tsv, scored on the second half (no AG News test split offline).
+
+Each model is fine-tuned and compressed by the real CLI (`bertkit train`, `bertkit compress
+--max-loss 1.0`); the test split chose nothing.  Per row: size ratio (the fine-tuned model's fp32
+model.safetensors / the compressed model's weights on disk), latency ratio at batch 1 and 32 on
+the test texts (the two models timed in turn over --rounds rounds, median and spread), test
+accuracy of both, and the per-stage table `bertkit compress` printed (dev figures).
+
+    python examples/benchmarks/compress.py [--rows zh,en] [--threads 2] [--rounds 3] [--out runs/compress]
+
+Trained and compressed models stay under --out and are reused when the command runs again.
+Last stdout line: {"rows": {"zh": {"size_ratio", "latency_ratio_b1", "latency_ratio_b32", "acc_full",
+"acc_compressed", "stages": [...]}, "en": {...}}, ...}
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "examples" / "benchmarks"))
+
+from bertkit.classify.data import load_labelled  # noqa: E402
+from bertkit.classify.runner import Classifier  # noqa: E402
+from bertkit.compress.model import size_on_disk  # noqa: E402
+from bertkit.compress.task import timed_pair  # noqa: E402
+from bertkit.core import modelio  # noqa: E402
+from early_exit import minilm, split_halves  # noqa: E402  (the same rows and splits)
+
+CLS = modelio.shared_data() / "cls"
+MAX_LOSS = 1.0
+TIMING = 512  # test texts each latency is measured on
+
+ROWS = {  # base model, train, dev (the budget), test (scores), fine-tuning recipe
+    "zh": lambda out: (str(ROOT / "data/models/bertkit-zh-mini"), CLS / "reviews_train.tsv", CLS / "reviews_dev.tsv",
+                       CLS / "reviews_test.tsv", ["--epochs", "1"]),
+    "en": lambda out: (minilm(), CLS / "agnews_train.tsv", *split_halves(CLS / "agnews_dev.tsv", out),
+                       ["--epochs", "1", "--lr", "1e-4"]),
+}
+
+
+def bertkit(*args: str) -> str:
+    print("bertkit " + " ".join(args), file=sys.stderr, flush=True)
+    proc = subprocess.run([sys.executable, "-m", "bertkit.cli", *args], stdout=subprocess.PIPE, text=True)
+    if proc.returncode:
+        sys.exit(f"bertkit {' '.join(args)} failed (exit {proc.returncode})")
+    return proc.stdout
+
+
+def run_row(name: str, out: Path, threads: int, rounds: int) -> dict:
+    model, train, dev, test, recipe = ROWS[name](out)
+    finetuned, compressed = out / f"{name}-finetuned", out / f"{name}-compressed"
+    common = ["--threads", str(threads), "--max-length", "128", "--batch-size", "32", "--seed", "42"]
+    if not (finetuned / "trainer_state.json").exists():
+        bertkit("train", str(train), "--dev", str(dev), "-m", model, "-o", str(finetuned), "--overwrite", *common, *recipe)
+    report_file = out / f"{name}-compress.json"
+    if not report_file.exists():
+        report = bertkit("compress", "-m", str(finetuned), "--train", str(train), "--dev", str(dev), "-o", str(compressed),
+                         "--max-loss", str(MAX_LOSS), "--overwrite", "--rounds", str(rounds), *common)
+        report_file.write_text(report, encoding="utf-8")
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    test_set = load_labelled(str(test))
+    full, small = Classifier.load(str(finetuned)), Classifier.load(str(compressed))
+    acc_full = 100 * full.evaluate(test_set)["accuracy"]
+    acc_small = 100 * small.evaluate(test_set)["accuracy"]
+    sizes = [(finetuned / "model.safetensors").stat().st_size, size_on_disk(compressed)["weights"]]  # not the checkpoints
+    row = {"size_ratio": round(sizes[0] / sizes[1], 2), "size_mb": [round(b / 1e6, 2) for b in sizes],
+           "acc_full": round(acc_full, 2), "acc_compressed": round(acc_small, 2), "acc_loss": round(acc_full - acc_small, 2)}
+    for batch_size in (1, 32):
+        seconds = timed_pair(full, small, test_set[:TIMING], batch_size, rounds)
+        ratios = [f / c for f, c in zip(seconds["reference"], seconds["model"])]
+        row[f"latency_ratio_b{batch_size}"] = round(statistics.median(ratios), 3)
+        row[f"latency_ratio_b{batch_size}_spread"] = [round(min(ratios), 3), round(max(ratios), 3)]
+    row |= {"kept": report["kept"], "stages": report["stages"], "model": Path(model).name,
+            "data": [train.name, dev.name, test.name], "n_test": len(test_set)}
+    print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'stages'})}", file=sys.stderr, flush=True)
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", default="zh,en")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "runs" / "compress"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {name: run_row(name, out, args.threads, args.rounds) for name in args.rows.split(",")}
+    print(json.dumps({"rows": rows, "goals": {"size_ratio": 13, "latency_ratio": 3, "acc_loss": 1.0},
+                      "max_loss": MAX_LOSS, "threads": args.threads, "rounds": args.rounds, "out": str(out)}))
+
+
+if __name__ == "__main__":
+    main()
