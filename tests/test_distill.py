@@ -64,11 +64,12 @@ def test_manual_layers_give_the_classifiers_own_logits():
     assert layers.tolist() == [4] * 6 and torch.allclose(probs, ref.softmax(-1), atol=1e-5)
 
 
+@pytest.mark.parametrize("batch_size", [None, 3])  # 3: the pool of 16 regroups across batches as samples leave
 @pytest.mark.parametrize("rule", [ExitRule(speed=0.6), ExitRule(speed=0.9), ExitRule(patience=1)])
-def test_batched_exit_matches_one_at_a_time(rule):
+def test_batched_exit_matches_one_at_a_time(rule, batch_size):
     model = tiny_early_exit()
     ids, types, mask = random_batch(16)
-    probs, layers = model.early_exit(ids, types, mask, rule)
+    probs, layers = model.early_exit(ids, types, mask, rule, batch_size=batch_size)
     assert len(set(layers.tolist())) > 1, layers  # the check means something only if exits differ
     for i in range(16):
         n = int(mask[i].sum())

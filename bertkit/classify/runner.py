@@ -55,7 +55,7 @@ class Classifier(Runner):
     def predict_proba(self, examples) -> Iterator[torch.Tensor]:
         """Class probabilities of each example (an Example, a str or a pair), in input order (windows averaged)."""
         self.model.eval()
-        encoded = (self.encoder.encode(ex.text, ex.text_b) for ex in map(as_example, examples))
+        encoded = self.encoder.encode_stream((ex.text, ex.text_b) for ex in map(as_example, examples))
         yield from map_in_order(
             encoded, self._probabilities, length=lambda ws: sum(len(w.input_ids) for w in ws), batch_size=self.batch_size
         )

@@ -9,7 +9,8 @@ told how many were, so it can say so.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from itertools import islice
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -46,9 +47,21 @@ class TextEncoder:
     def encode(self, text: str, text_b: str | None = None) -> list[TokenWindow]:
         """One window, or several for a single text longer than ``max_length``."""
         a = self.tokens(text)
-        if text_b is None:
-            return self._windows(a)
-        b = self.tokens(text_b)
+        return self._windows(a) if text_b is None else self._pair(a, self.tokens(text_b))
+
+    def encode_stream(self, pairs: Iterable[tuple[str, str | None]], chunk: int = 256) -> Iterator[list[TokenWindow]]:
+        """``encode`` over a stream of (text, text_b or None), lazily, ``chunk`` at a time: the
+        tokenizer's batch call costs a fraction of one call per text (at batch 1 as well)."""
+        pairs = iter(pairs)
+        while block := list(islice(pairs, chunk)):
+            firsts = self.tokenizer([a for a, _ in block], add_special_tokens=False)["input_ids"]
+            seconds = [b for _, b in block if b is not None]
+            seconds = iter(self.tokenizer(seconds, add_special_tokens=False)["input_ids"] if seconds else [])
+            for (_, b), a in zip(block, firsts):
+                yield self._windows(a) if b is None else self._pair(a, next(seconds))
+
+    def _pair(self, a: list[int], b: list[int]) -> list[TokenWindow]:
+        """A sentence pair in one window, truncated longest-first to fit (and counted)."""
         budget = self.max_length - 3
         if len(a) + len(b) > budget:
             self.truncated_pairs += 1

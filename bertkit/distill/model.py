@@ -23,8 +23,8 @@ Where we deviate, and why:
 - Two heads in the student's attention, as FastBERT's released code has it (the paper gives none).
 - PABEE trains its classifiers on the labels with a weighted loss; here the patience rule runs on
   the same self-distilled students, so both rules are compared on one model.
-- Batched inference: a batch shrinks as samples leave (and its padding with it), where FastBERT
-  and DeeBERT run one sample at a time.
+- Batched inference, where FastBERT and DeeBERT run one sample at a time: a pool of samples runs
+  layer by layer in batches; those that leave drop out and the rest regroup into full batches.
 - A text longer than the window is split into windows that exit on their own; its probabilities
   are the windows' mean and its exit layer the deepest window's (the cost it paid).
 - BERT only (``model_type`` bert, e.g. bert-base-chinese, MiniLM): the layers are run one by one
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from ..core.errors import BertkitError
 
@@ -56,12 +57,12 @@ class StudentClassifier(nn.Module):
         self.dense = nn.Linear(width, width)
         self.out = nn.Linear(width, num_labels)
 
-    def forward(self, hidden: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        """Logits from a layer's token states; ``padding`` is True at padded positions."""
+    def forward(self, hidden: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
+        """Logits from a layer's token states; ``padding`` is True at padded positions (None: none)."""
         x = torch.tanh(self.narrow(hidden))
         return self.out(torch.tanh(self.dense(self._cls_attention(x, padding))))
 
-    def _cls_attention(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    def _cls_attention(self, x: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
         """``self.attention`` (nn.MultiheadAttention's weights and math) for the [CLS] query alone,
         through SDPA: the module's own forward costs more in checks than this small attention
         does in arithmetic, and it runs after every layer of every sample."""
@@ -71,15 +72,14 @@ class StudentClassifier(nn.Module):
         q = F.linear(x[:, :1], att.in_proj_weight[:width], att.in_proj_bias[:width])
         k, v = F.linear(x, att.in_proj_weight[width:], att.in_proj_bias[width:]).split(width, -1)
         q, k, v = (t.reshape(n, -1, heads, width // heads).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=~padding[:, None, None, :])
+        mask = None if padding is None else ~padding[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return att.out_proj(out.transpose(1, 2).reshape(n, width))
 
 
 def normalized_entropy(probs: torch.Tensor) -> torch.Tensor:
     """FastBERT's uncertainty (equation 6): H(p) / log N, in [0, 1]; 0 * log 0 counts as 0."""
-    n = probs.shape[-1]
-    terms = torch.where(probs > 0, probs * probs.clamp_min(1e-30).log(), torch.zeros_like(probs))
-    return -terms.sum(-1) / math.log(n)
+    return torch.special.entr(probs).sum(-1) / math.log(probs.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -134,20 +134,18 @@ class EarlyExitClassifier(nn.Module):
 
     def embed(self, input_ids, token_type_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states after the embeddings, and the additive attention mask the layers take."""
-        base = self.classifier.base_model
-        hidden = base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        # additive, broadcast over heads and queries: what BERT's eager and SDPA attention both add
-        mask = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        return hidden, mask
+        hidden = self.classifier.base_model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        return hidden, additive_mask(attention_mask, hidden.dtype)
 
     def layer(self, i: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = self.layers[i](hidden, attention_mask=mask)
         return out[0] if isinstance(out, tuple) else out
 
-    def exit_logits(self, i: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Layer ``i``'s classifier: a student, or after the last layer the teacher."""
+    def exit_logits(self, i: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Layer ``i``'s classifier: a student, or after the last layer the teacher (``attention_mask``
+        None: no padding, as for one sample alone)."""
         if i < len(self.students):
-            return self.students[i](hidden, attention_mask == 0)
+            return self.students[i](hidden, None if attention_mask is None else attention_mask == 0)
         head = self.classifier
         return head.classifier(head.dropout(head.base_model.pooler(hidden)))
 
@@ -175,44 +173,65 @@ class EarlyExitClassifier(nn.Module):
         return distillation_loss(students, teacher)
 
     @torch.inference_mode()
-    def early_exit(self, input_ids, token_type_ids, attention_mask, rule: ExitRule) -> tuple[torch.Tensor, torch.Tensor]:
-        """(probabilities, exit layer 1..L) per sample.  Samples that leave are dropped from the
-        batch, and the padding columns no remaining sample needs are cut, so a sample that has
-        left costs nothing more."""
+    def early_exit(self, input_ids, token_type_ids, attention_mask, rule: ExitRule,
+                   batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, exit layer 1..L) per sample of a right-padded pool.
+
+        The pool runs layer by layer, in batches of at most ``batch_size`` samples (default: all).
+        Samples that leave drop out, and the ones still running regroup, across the batches they
+        came from, into full batches sorted by length, padded only as far as their longest member:
+        a sample that has left costs nothing more, and the few that go deep still run in full
+        batches (without regrouping, a batch of 32 where 28 left runs its deep layers on 4)."""
         n = input_ids.shape[0]
         if n == 1:
             return self._exit_one(input_ids, token_type_ids, attention_mask, rule)
+        size = batch_size or n
         probs_out = torch.zeros(n, self.classifier.config.num_labels)
         layer_out = torch.zeros(n, dtype=torch.long)
-        active = torch.arange(n, device=input_ids.device)
         lengths = attention_mask.sum(1)
-        hidden, mask = self.embed(input_ids, token_type_ids, attention_mask)
         streak = torch.zeros(n, dtype=torch.long, device=input_ids.device)
         previous = torch.full((n,), -1, dtype=torch.long, device=input_ids.device)
+        active = torch.argsort(lengths, stable=True)  # sample ids still running, shortest first
+        rows: list[torch.Tensor] = []  # their token states, each cut to its length (after layer 1)
         for i in range(self.num_layers):
-            hidden = self.layer(i, hidden, mask)
-            probs = self.exit_logits(i, hidden, attention_mask).float().softmax(-1)
-            guess = probs.argmax(-1)
-            streak = torch.where(guess == previous, streak + 1, torch.zeros_like(streak))
-            leave = rule.leaves(probs, streak) if i < self.num_layers - 1 else torch.ones_like(guess, dtype=torch.bool)
-            probs_out[active[leave].cpu()] = probs[leave].cpu()
-            layer_out[active[leave].cpu()] = i + 1
-            stay = ~leave
-            if not stay.any():
+            last = i == self.num_layers - 1
+            staying, kept_rows = [], []
+            for start in range(0, len(active), size):
+                ids = active[start:start + size]
+                sizes = lengths[ids].tolist()
+                width = max(sizes)
+                mask = attention_mask[ids, :width]
+                if i == 0:
+                    hidden, additive = self.embed(input_ids[ids, :width], token_type_ids[ids, :width], mask)
+                else:
+                    hidden = pad_sequence(rows[start:start + size], batch_first=True)
+                    additive = additive_mask(mask, hidden.dtype)
+                hidden = self.layer(i, hidden, additive)
+                probs = self.exit_logits(i, hidden, mask).float().softmax(-1)
+                guess = probs.argmax(-1)
+                streak[ids] = torch.where(guess == previous[ids], streak[ids] + 1, torch.zeros_like(guess))
+                previous[ids] = guess
+                leave = torch.ones_like(guess, dtype=torch.bool) if last else rule.leaves(probs, streak[ids])
+                probs_out[ids[leave].cpu()] = probs[leave].cpu()
+                layer_out[ids[leave].cpu()] = i + 1
+                stay = (~leave).nonzero().flatten().tolist()
+                staying.append(ids[stay])
+                kept_rows.extend(hidden[j, :sizes[j]] for j in stay)
+            active, rows = torch.cat(staying), kept_rows
+            if not len(active):
                 break
-            width = int(lengths[stay].max())  # length-sorted batches shrink their padding as they go
-            active, lengths, previous, streak = active[stay], lengths[stay], guess[stay], streak[stay]
-            hidden, mask, attention_mask = hidden[stay, :width], mask[stay][..., :width], attention_mask[stay, :width]
         return probs_out, layer_out
 
     def _exit_one(self, input_ids, token_type_ids, attention_mask, rule: ExitRule) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`early_exit` for one sample: the same rule, without the bookkeeping a shrinking
-        batch needs (at batch 1 it costs about as much as a student's arithmetic)."""
-        hidden, mask = self.embed(input_ids, token_type_ids, attention_mask)
+        batch needs (at batch 1 it costs about as much as a student's arithmetic), and without a mask:
+        the sample is cut to its length, so nothing is padding."""
+        n = int(attention_mask.sum())
+        hidden = self.classifier.base_model.embeddings(input_ids=input_ids[:, :n], token_type_ids=token_type_ids[:, :n])
         streak, previous = torch.zeros(1, dtype=torch.long), -1
         for i in range(self.num_layers):
-            hidden = self.layer(i, hidden, mask)
-            probs = self.exit_logits(i, hidden, attention_mask).float().softmax(-1)
+            hidden = self.layer(i, hidden, None)
+            probs = self.exit_logits(i, hidden, None).float().softmax(-1)
             if i == self.num_layers - 1:
                 break
             guess = int(probs.argmax())
@@ -221,6 +240,12 @@ class EarlyExitClassifier(nn.Module):
             if bool(rule.leaves(probs, streak)):
                 break
         return probs.cpu(), torch.tensor([i + 1])
+
+
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """BERT's additive attention mask, broadcast over heads and queries: what its eager and SDPA
+    attention both add (0 where attended, the dtype's minimum at padding)."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
 def distillation_loss(student_logits: list[torch.Tensor], teacher_logits: torch.Tensor) -> torch.Tensor:

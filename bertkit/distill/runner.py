@@ -29,6 +29,7 @@ from ..core.textio import map_in_order
 from .model import STUDENT_HEADS, STUDENT_WIDTH, EarlyExitClassifier, ExitRule
 
 KIND = "early-exit-classifier"
+POOL_BATCHES = 16  # batches per pool: full batches deep down, memory bounded by 16 batches' states
 PART = "students"
 
 
@@ -85,11 +86,12 @@ class EarlyExitRunner(Runner):
 
     # ---------------------------------------------------------------- inference
 
-    def _batch(self, items: Sequence[list[TokenWindow]], rule: ExitRule) -> list[tuple[torch.Tensor, int]]:
+    def _pool(self, items: Sequence[list[TokenWindow]], rule: ExitRule, batch_size: int) -> list[tuple[torch.Tensor, int]]:
         windows = [w for item in items for w in item]
         inputs = self.encoder.pad_batch(windows)
         device = module_device(self.model)
-        probs, layers = self.model.early_exit(*(inputs[k].to(device) for k in ("input_ids", "token_type_ids", "attention_mask")), rule)
+        probs, layers = self.model.early_exit(*(inputs[k].to(device) for k in ("input_ids", "token_type_ids", "attention_mask")),
+                                              rule, batch_size=batch_size)
         out, i = [], 0
         for item in items:  # a long text's windows: probabilities averaged, the deepest exit counts
             out.append((probs[i:i + len(item)].mean(0), int(layers[i:i + len(item)].max())))
@@ -99,11 +101,12 @@ class EarlyExitRunner(Runner):
     def predict_with_exits(self, examples, rule: ExitRule | None = None,
                            batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, int]]:
         """(probabilities, exit layer) per example (an Example, a str or a pair), in input order."""
-        rule = rule or self.rule
-        encoded = (self.encoder.encode(ex.text, ex.text_b) for ex in map(as_example, examples))
-        yield from map_in_order(encoded, lambda batch: self._batch(batch, rule),
+        rule, size = rule or self.rule, batch_size or self.batch_size
+        encoded = self.encoder.encode_stream((ex.text, ex.text_b) for ex in map(as_example, examples))
+        # a pool of POOL_BATCHES batches regroups as samples leave (EarlyExitClassifier.early_exit)
+        yield from map_in_order(encoded, lambda pool: self._pool(pool, rule, size),
                                 length=lambda ws: sum(len(w.input_ids) for w in ws),
-                                batch_size=batch_size or self.batch_size)
+                                batch_size=size * POOL_BATCHES if size > 1 else 1)
 
     def predict_proba(self, examples) -> Iterator[torch.Tensor]:
         for probs, _ in self.predict_with_exits(examples):
