@@ -11,10 +11,11 @@ import json
 
 import pytest
 import torch
+from torch import nn
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-from bertkit.compress import quantize, sparse, structured, vocab
+from bertkit.compress import factorize, quantize, sparse, structured, vocab
 from bertkit.compress.model import ARCHITECTURE, load_compressed, parameter_count, save_compressed, size_on_disk
 from bertkit.core import modelio
 from bertkit.core.errors import BertkitError
@@ -303,6 +304,44 @@ def test_8bit_weights_stay_close_to_float32_and_shrink_the_files(tmp_path):
     assert torch.equal(rebuilt(x), linear[0](x))
 
 
+# ---------------------------------------------------------------- factorised word embeddings
+
+
+def test_factorized_embeddings_are_the_tables_best_low_rank_approximation():
+    model, tokenizer = tiny_classifier()
+    table = model.bert.embeddings.word_embeddings.weight.detach().clone()
+    rows, before, rank = table.shape[0], n_params(model), 8
+    record = factorize.factorize_embeddings(model, rank=rank)
+    new = model.bert.embeddings.word_embeddings
+    assert n_params(model) == before - rows * HIDDEN + rows * rank + rank * HIDDEN
+    s = torch.linalg.svdvals(table)  # Eckart-Young: the best rank-8 error is the dropped singular values' norm
+    assert float(torch.linalg.norm(new.weight.detach() - table)) == pytest.approx(float(s[rank:].pow(2).sum().sqrt()), rel=1e-4)
+    assert record["energy_kept"] == pytest.approx(float(s[:rank].pow(2).sum() / s.pow(2).sum()), abs=1e-4)
+    reference = copy.deepcopy(model)  # BERT with the approximated table computes what the factorised one does
+    reference.bert.embeddings.word_embeddings = nn.Embedding.from_pretrained(new.weight.detach())
+    for batch in batches(tokenizer):
+        assert torch.allclose(logits(model, batch), logits(reference, batch), atol=1e-5)
+    with pytest.raises(BertkitError, match="once, before quantizing"):
+        factorize.factorize_embeddings(model, rank=4)
+    with pytest.raises(BertkitError, match="--embedding-rank must be between 1 and"):
+        factorize.factorize_embeddings(tiny_classifier()[0], rank=HIDDEN)
+
+
+def test_a_factorized_and_quantized_directory_round_trips(tmp_path):
+    model, tokenizer = tiny_classifier()
+    records = [factorize.factorize_embeddings(model, rank=8), quantize.quantize(model, embeddings="int8")]
+    out = save_compressed(model, tokenizer, tmp_path / "c", records)
+    spec = modelio.Manifest.read(out).config["compression"]
+    assert spec["factorized"] == {"bert.embeddings.word_embeddings": 8}
+    assert "factorised word embeddings" in spec["why_not_huggingface"]
+    stored = load_file(str(out / "model.safetensors"))
+    assert stored["bert.embeddings.word_embeddings.table.codes"].shape == (len(tokenizer), 8)  # 8-bit V x E
+    assert stored["bert.embeddings.word_embeddings.project.weight_int8"].shape == (HIDDEN, 8)  # int8 E -> H
+    loaded, _ = load_compressed(out)
+    for batch in batches(tokenizer):
+        assert torch.equal(logits(loaded, batch), logits(model, batch))
+
+
 # ---------------------------------------------------------------- the directory
 
 
@@ -384,11 +423,11 @@ def test_compress_end_to_end_keeps_stages_within_the_budget_and_the_result_loads
     result = cli("compress", "-m", str(finetuned), "--train", str(train), "--dev", str(dev), "-o", str(out),
                  "--rounds", "1", "--batch-size", "16", "--max-loss", "100", check=True)
     report = json.loads(result.stdout)
-    assert [r["stage"] for r in report["stages"]] == ["fine-tuned", "vocab", "structure", "sparse", "quantize"]
-    assert report["kept"] == ["vocab", "structure", "sparse", "quantize"]  # a budget of 100 points keeps all
+    assert [r["stage"] for r in report["stages"]] == ["fine-tuned", "vocab", "factorize", "structure", "sparse", "quantize"]
+    assert report["kept"] == ["vocab", "factorize", "structure", "sparse", "quantize"]  # a budget of 100 points keeps all
     sizes = [r["size_bytes"] for r in report["stages"]]
     assert sizes == sorted(sizes, reverse=True) and report["size_ratio"] > 3
-    assert report["stages"][2]["parameters"] < report["stages"][1]["parameters"]  # heads and neurons gone
+    assert report["stages"][3]["parameters"] < report["stages"][2]["parameters"]  # heads and neurons gone
     assert "structure" in result.stderr.decode() and not (tmp_path / "c.work").exists()
     manifest = modelio.Manifest.read(out)
     assert [s["stage"] for s in manifest.config["compression"]["stages"]] == report["kept"]

@@ -10,7 +10,8 @@ directory is still in the Hugging Face format:
   ``transformers``).
 - Any other stage leaves it (architecture ``bertkit-compressed``; ``why_not_huggingface`` lists
   the reasons): layers with different head counts and FFN widths, int8 Linear layers, 8-bit
-  embedding tables, weights stored as bitmask + values.  ``config.json`` is then the BERT config
+  embedding tables, a factorised word table (``X.table`` + ``X.project``), weights stored as
+  bitmask + values.  ``config.json`` is then the BERT config
   of the model before structured pruning (the head width comes from it) with ``model_type``
   ``bertkit-compressed``, so that transformers refuses the directory instead of loading it with
   random weights; :func:`build`, registered with :func:`bertkit.core.modelio.register_architecture`,
@@ -38,6 +39,7 @@ from ..core import modelio
 from ..core.errors import BertkitError
 from ..core.files import atomic_dir, read_json, write_json_atomic
 from ..core.weights import save_tensors
+from .factorize import FactorizedEmbedding
 from .quantize import FORMATS, QuantizedEmbedding, int8_linear, is_int8_linear, linear_codes
 from .sparse import pack, unpack, worth_packing
 from .structured import layer_shapes, set_layer_shapes
@@ -75,7 +77,7 @@ def save_compressed(model: nn.Module, tokenizer, directory: Path | str, stages: 
 
 def _encode(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors to store (encoded) and what the builder needs to know about them."""
-    tensors, int8, embeddings = {}, [], {}
+    tensors, int8, embeddings, factorized = {}, [], {}, {}
     quantized_prefixes: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(p + ".") for p in quantized_prefixes):
@@ -91,6 +93,8 @@ def _encode(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
             continue
         if isinstance(module, QuantizedEmbedding):
             embeddings[name] = module.fmt
+        if isinstance(module, FactorizedEmbedding):
+            factorized[name] = module.rank
         for key, tensor in module.named_parameters(recurse=False):
             tensors[prefix + key] = tensor
         for key, tensor in module.named_buffers(recurse=False):
@@ -113,9 +117,10 @@ def _encode(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
     why = [reason for reason, applies in (("layers with their own head counts and FFN widths", reshaped),
                                            ("int8 Linear layers", bool(int8)),
                                            ("8-bit embedding tables", bool(embeddings)),
+                                           ("factorised word embeddings", bool(factorized)),
                                            ("weights stored as bitmask + values", bool(packed))) if applies]
     spec = {"huggingface_format": not why, "why_not_huggingface": why, **shapes,
-            "int8_linear": int8, "embeddings": embeddings, "sparse": packed}
+            "int8_linear": int8, "embeddings": embeddings, "factorized": factorized, "sparse": packed}
     return stored, spec
 
 
@@ -144,6 +149,9 @@ def build(directory: Path, cls, **kwargs) -> nn.Module:
     config_data.pop("model_type", None)
     model = BertForSequenceClassification(BertConfig.from_dict(config_data))
     set_layer_shapes(model, spec["heads"], spec["intermediate"])
+    for name, rank in spec["factorized"].items():  # before the 8-bit tables: those may be inside
+        old = model.get_submodule(name)
+        _set_module(model, name, FactorizedEmbedding(old.num_embeddings, rank, old.embedding_dim, old.padding_idx))
     for name, fmt in spec["embeddings"].items():
         old = model.get_submodule(name)
         _set_module(model, name, QuantizedEmbedding(old.num_embeddings, old.embedding_dim, fmt))
@@ -172,11 +180,13 @@ def _spec(directory: Path) -> dict:
         heads, widths = [int(h) for h in spec["heads"]], [int(w) for w in spec["intermediate"]]
         names = [str(n) for n in spec["int8_linear"]]
         embeddings = {str(k): str(v) for k, v in spec["embeddings"].items()}
+        factorized = {str(k): int(v) for k, v in spec.get("factorized", {}).items()}
     except (TypeError, KeyError, ValueError, AttributeError):
         raise BertkitError(f"{directory}: {modelio.MANIFEST} does not record the compressed model's shapes") from None
     if manifest.kind != "classifier" or any(fmt not in FORMATS for fmt in embeddings.values()):
         raise BertkitError(f"{directory}: {modelio.MANIFEST} records a compressed model this bertkit cannot build")
-    return {"heads": heads, "intermediate": widths, "int8_linear": names, "embeddings": embeddings}
+    return {"heads": heads, "intermediate": widths, "int8_linear": names, "embeddings": embeddings,
+            "factorized": factorized}
 
 
 def _decode(stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -154,10 +154,13 @@ def quantize_embeddings(model: nn.Module, fmt: str = "int8", tables: Iterable[st
     done = []
     for name in tables:
         table = getattr(embeddings, name, None)
-        if isinstance(table, nn.Embedding):
+        if isinstance(getattr(table, "table", None), nn.Embedding):  # factorised: its V x E table (.factorize)
+            table.table = QuantizedEmbedding.from_embedding(table.table, fmt)
+            done.append(name)
+        elif isinstance(table, nn.Embedding):
             setattr(embeddings, name, QuantizedEmbedding.from_embedding(table, fmt))
             done.append(name)
-        elif not isinstance(table, QuantizedEmbedding):
+        elif not isinstance(table, QuantizedEmbedding) and not isinstance(getattr(table, "table", None), QuantizedEmbedding):
             raise BertkitError(f"the model has no embedding table {name!r}")
     return {"stage": "embeddings", "format": fmt, "tables": done}
 

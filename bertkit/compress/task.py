@@ -11,6 +11,8 @@ accuracy falls more than ``max_loss`` points below the uncompressed model's is r
 skipped with its measured loss, and the next stage starts from the last kept model.
 
 Where we deviate from EdgeBERT, and why:
+- It compresses ALBERT, whose word table is factorised from the start; here ``factorize`` makes
+  a trained BERT's table so (truncated SVD, :mod:`.factorize`), then distils.
 - Its adaptive attention span and its early exit are not stages here yet; its floating-point
   quantization of ALBERT's shared weights is int8 (dynamic, with CPU kernels) for Linear layers
   and int8 or float8 storage for the embeddings (:mod:`.quantize`).
@@ -43,12 +45,13 @@ from ..core.files import atomic_entries
 from ..core.progress import log
 from ..training import TrainConfig, Trainer
 from . import quantize as quantize_stage
+from .factorize import factorize_embeddings
 from .model import parameter_count, save_compressed, size_on_disk
 from .sparse import KeepSparse, magnitude_prune
 from .structured import distillation_objective, prune_structure
 from .vocab import prune_vocabulary
 
-STAGES = ("vocab", "structure", "sparse", "quantize")  # the order they apply in
+STAGES = ("vocab", "factorize", "structure", "sparse", "quantize")  # the order they apply in
 
 
 @dataclass
@@ -59,6 +62,7 @@ class CompressOptions:
     ffn: float = 0.5  # fraction of FFN neurons removed (structure)
     sparsity: float = 0.5  # fraction of the remaining encoder weights zeroed (sparse)
     embeddings: str = "int8"  # 8-bit format of the embedding tables (quantize): int8 or fp8
+    embedding_rank: int | None = None  # rank of the factorised word table (factorize; None: hidden / 4)
     importance_examples: int = 512  # training examples that score heads and neurons
     timing_examples: int = 256  # dev examples each latency is measured on
     rounds: int = 3  # timing rounds (median)
@@ -94,6 +98,11 @@ def _vocab(c: Candidate, train: Sequence[Example], options, teacher) -> dict:
     return record
 
 
+def _factorize(c: Candidate, train, options, teacher) -> dict:
+    record = factorize_embeddings(c.model, options.embedding_rank)
+    return record | _recover(c, train, options, teacher, "factorize")
+
+
 def _structure(c: Candidate, train, options, teacher) -> dict:
     batches = _batches(c, train[: options.importance_examples], options, labelled=True)
     record = prune_structure(c.model, batches, heads=options.heads, neurons=options.ffn)
@@ -109,7 +118,7 @@ def _quantize(c: Candidate, train, options, teacher) -> dict:
     return quantize_stage.quantize(c.model, embeddings=options.embeddings, linear=True)
 
 
-APPLY: dict[str, Callable[..., dict]] = {"vocab": _vocab, "structure": _structure, "sparse": _sparse, "quantize": _quantize}
+APPLY: dict[str, Callable[..., dict]] = {"vocab": _vocab, "factorize": _factorize, "structure": _structure, "sparse": _sparse, "quantize": _quantize}
 
 
 def _batches(c: Candidate, examples: Sequence[Example], options: CompressOptions, labelled: bool, size: int = 32):
