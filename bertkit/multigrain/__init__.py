@@ -1,0 +1,1 @@
+"""Multi-granularity input (characters plus lexicon words) for Lattice-BERT: see :mod:`.lattice`."""
