@@ -181,3 +181,21 @@ def test_distill_usage_errors(tmp_path, news_data):
                        ([str(train)], "-o DIR")]:
         result = cli("distill", *args)
         assert result.returncode == 2 and says in result.stderr.decode(), result.stderr
+
+
+def test_runner_pools_batches_as_one_at_a_time_would(distilled, news_data):
+    """The runner pads a pool batch by batch and regroups it layer by layer: at batch size 3 (a
+    pool of several batches, texts of many lengths, one long enough for several windows) every
+    text gets what it gets alone."""
+    from bertkit.classify.data import load_labelled
+    from bertkit.distill.runner import EarlyExitRunner
+
+    runner = EarlyExitRunner.load(str(distilled))
+    texts = [ex.text for ex in load_labelled(str(news_data[1]))] + ["球队比赛冠军进球" * 12]
+    entropy = sorted(normalized_entropy(p).item() for p, _ in runner.predict_with_exits(texts, ExitRule(speed=1.0)))
+    rule = ExitRule(speed=entropy[len(entropy) // 2])  # half leave after layer 1, half go on
+    pooled = list(runner.predict_with_exits(texts, rule, batch_size=3))
+    alone = list(runner.predict_with_exits(texts, rule, batch_size=1))
+    assert len({layer for _, layer in pooled}) > 1  # samples leave at different layers
+    for (p, layer), (p1, layer1) in zip(pooled, alone):
+        assert layer == layer1 and torch.allclose(p, p1, atol=1e-5)

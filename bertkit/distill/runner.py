@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+from torch.nn import functional as F
 from transformers import AutoModelForSequenceClassification
 
 from ..classify.data import Example, as_example, check_labels
@@ -88,7 +89,7 @@ class EarlyExitRunner(Runner):
 
     def _pool(self, items: Sequence[list[TokenWindow]], rule: ExitRule, batch_size: int) -> list[tuple[torch.Tensor, int]]:
         windows = [w for item in items for w in item]
-        inputs = self.encoder.pad_batch(windows)
+        inputs = self._pad_pool(windows, batch_size)
         device = module_device(self.model)
         probs, layers = self.model.early_exit(*(inputs[k].to(device) for k in ("input_ids", "token_type_ids", "attention_mask")),
                                               rule, batch_size=batch_size)
@@ -97,6 +98,17 @@ class EarlyExitRunner(Runner):
             out.append((probs[i:i + len(item)].mean(0), int(layers[i:i + len(item)].max())))
             i += len(item)
         return out
+
+    def _pad_pool(self, windows: Sequence[TokenWindow], batch_size: int) -> dict[str, torch.Tensor]:
+        """The pool as one right-padded batch, padded batch by batch as the full model pads (the
+        windows come sorted by length): Python lists padded to the pool's longest window would
+        cost more than a layer of a short batch."""
+        chunks = [self.encoder.pad_batch(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)]
+        if len(chunks) == 1:
+            return chunks[0]
+        width = max(c["input_ids"].shape[1] for c in chunks)
+        fill = {"input_ids": self.encoder.pad, "token_type_ids": 0, "attention_mask": 0}
+        return {k: torch.cat([F.pad(c[k], (0, width - c[k].shape[1]), value=v) for c in chunks]) for k, v in fill.items()}
 
     def predict_with_exits(self, examples, rule: ExitRule | None = None,
                            batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, int]]:
