@@ -6,10 +6,13 @@ Beside them, ``bertkit.json`` (:class:`Manifest`) says what kind of model the di
 and names the weight files a technique adds (safetensors, each saved and loaded by
 :func:`save_part` / :func:`load_part`).
 
-Models transformers does not know (a lattice encoder, a model with pruned FFN widths, int8
-weights) are stored the same way: ``config.json`` stays a BERT config for what transformers can
-build, the rest goes into parts, and the manifest's ``architecture`` names a builder registered
-in bertkit's own code (:func:`register_architecture`).  Such a directory carries data only, never
+Models transformers does not know (a model with pruned FFN widths, int8 weights) are stored the
+same way: ``config.json`` stays a BERT config for what transformers can build, the rest goes into
+parts, and the manifest's ``architecture`` names a builder registered in bertkit's own code
+(:func:`register_architecture`).  A model no BERT config describes (a Lattice-BERT) has no
+``config.json`` at all, so that transformers cannot mistake it for a BERT; its layout is listed
+in :data:`OWN_LAYOUTS`, and only callers that ask for it get such a directory past
+:func:`resolve_model`.  Such a directory carries data only, never
 code: ``auto_map`` and unknown ``model_type`` values without a registered builder are refused,
 and nothing loads with ``trust_remote_code``.  Weights load from safetensors only (never pickle).
 Nothing here touches the network: a hub id works only when it is already in the local Hugging
@@ -24,7 +27,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 import transformers
@@ -55,16 +58,22 @@ def models_root() -> Path:
     return Path(os.environ.get("BERTKIT_MODELS", REPO_ROOT / "data" / "models"))
 
 
-def resolve_model(name: str | os.PathLike | None, default: str = DEFAULT_MODEL) -> str:
-    """Turn a model argument into a loadable local path (or a cached hub id), or fail clearly."""
+def resolve_model(name: str | os.PathLike | None, default: str = DEFAULT_MODEL, *,
+                  layouts: Collection[str] = ()) -> str:
+    """Turn a model argument into a loadable local path (or a cached hub id), or fail clearly.
+
+    ``layouts``: the architectures of :data:`OWN_LAYOUTS` (directories without ``config.json``)
+    the caller can run; any other such directory is refused here, in one line, because every
+    command resolves its model before loading it, and a BERT-family command given, say, a
+    lattice model would otherwise fail later with a less helpful message."""
     name = str(name or default)
     path = Path(name).expanduser()
     if path.exists():
-        check_model_dir(path)
+        check_model_dir(path, layouts)
         return str(path)
     shipped = models_root() / name
     if shipped.exists():
-        check_model_dir(shipped)
+        check_model_dir(shipped, layouts)
         return str(shipped)
     if name == default:
         raise BertkitError(f"the default model {default} is not in {models_root()}: install bertkit from its "
@@ -87,10 +96,21 @@ ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "elect
                            "albert", "distilbert", "deberta", "deberta-v2"})
 
 
-def check_model_dir(path: Path) -> None:
-    """Fail with one clear line unless ``path`` holds a complete, safe model."""
+# architectures whose directories hold no config.json (transformers must not mistake them for a
+# BERT): name -> (what to call it, the files it needs besides weights and tokenizer, what makes it)
+OWN_LAYOUTS = {"lattice-bert": ("a Lattice-BERT model", ("lattice_config.json", "words.txt"),
+                                "bertkit pretrain --multigrain")}
+
+
+def check_model_dir(path: Path, layouts: Collection[str] = ()) -> None:
+    """Fail with one clear line unless ``path`` holds a complete, safe model; a directory of an
+    :data:`OWN_LAYOUTS` architecture passes only if it is in ``layouts`` (see :func:`resolve_model`)."""
     if not path.is_dir():
         raise BertkitError(f"{path} is not a model directory")
+    own = _own_layout(path)
+    if own is not None:
+        _check_own_layout(path, own, layouts)
+        return
     config = path / "config.json"
     if not config.exists():
         raise BertkitError(_no_model_yet(path) if (path / "checkpoints").is_dir() else
@@ -112,6 +132,10 @@ def check_model_dir(path: Path) -> None:
     if architecture == TRANSFORMERS and data.get("model_type") not in ENCODER_TYPES:
         raise BertkitError(f"{path}: model_type {data.get('model_type')!r} is not a BERT-family encoder; bertkit "
                            f"runs {', '.join(sorted(ENCODER_TYPES))}")
+    _check_weights_and_tokenizer(path)
+
+
+def _check_weights_and_tokenizer(path: Path) -> None:
     has_safetensors = (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists()
     if not has_safetensors:
         if any(path.glob("*.bin")) or any(path.glob("*.pt")):
@@ -119,6 +143,28 @@ def check_model_dir(path: Path) -> None:
         raise BertkitError(f"{path} has no model.safetensors: the model directory is incomplete")
     if not ((path / "vocab.txt").exists() or (path / "tokenizer.json").exists()):
         raise BertkitError(f"{path} has no tokenizer (vocab.txt or tokenizer.json)")
+
+
+def _own_layout(path: Path) -> str | None:
+    """The :data:`OWN_LAYOUTS` architecture ``path``'s manifest names, else None (also for a
+    corrupt manifest: the checks of a config.json directory report that as before)."""
+    if not (path / MANIFEST).exists():
+        return None
+    try:
+        architecture = Manifest.read(path).architecture
+    except BertkitError:
+        return None
+    return architecture if architecture in OWN_LAYOUTS else None
+
+
+def _check_own_layout(path: Path, architecture: str, layouts: Collection[str]) -> None:
+    what, needed, maker = OWN_LAYOUTS[architecture]
+    if architecture not in layouts:
+        raise BertkitError(f"{path} is {what} ({maker}); this command cannot use it yet")
+    for name in needed:
+        if not (path / name).exists():
+            raise BertkitError(f"{path} has no {name}: the model directory is incomplete")
+    _check_weights_and_tokenizer(path)
 
 
 def _no_model_yet(path: Path) -> str:
@@ -307,7 +353,7 @@ def load_part(model: torch.nn.Module, directory: Path, manifest: Manifest, name:
 ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {}
 # the architectures bertkit ships, by the module that registers each: imported when a directory
 # names one, so that loading a model never depends on what the caller happened to import
-BUILTIN_ARCHITECTURES = {"bertkit-compressed": "bertkit.compress.model"}
+BUILTIN_ARCHITECTURES = {"bertkit-compressed": "bertkit.compress.model", "lattice-bert": "bertkit.multigrain.model"}
 
 
 def architecture_builder(name: str) -> Callable[..., torch.nn.Module] | None:

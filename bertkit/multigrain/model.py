@@ -504,16 +504,19 @@ def collate_lattices(lattices: Sequence[Sequence[Unit]], char_vocab: Mapping[str
 # ---------------------------------------------------------------- files
 
 
-def save_lattice(model: LatticeModel | LatticeForPretraining, directory: Path | str) -> Path:
-    """Write ``model.safetensors``, ``lattice_config.json`` and ``bertkit.json`` into ``directory``,
-    each replacing its namesake by one rename (other files there, e.g. a vocabulary, stay)."""
+def save_lattice(model: LatticeModel | LatticeForPretraining, directory: Path | str,
+                 dtype: torch.dtype | None = None) -> Path:
+    """Write ``model.safetensors`` (in ``dtype``, e.g. float16 for half the size; loading gives
+    float32 again), ``lattice_config.json`` and ``bertkit.json`` into ``directory``, each replacing
+    its namesake by one rename (other files there, e.g. a vocabulary, stay).  For a directory
+    that also holds the tokenizer and word vocabulary: :func:`bertkit.multigrain.io.save_lattice_dir`."""
     if not isinstance(model, (LatticeModel, LatticeForPretraining)):
         raise TypeError(f"save_lattice saves a LatticeModel or LatticeForPretraining, not {type(model).__name__}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     kind = "lattice-pretraining" if isinstance(model, LatticeForPretraining) else "lattice-encoder"
     with atomic_entries(directory, last=modelio.MANIFEST) as staging:
-        save_weights(model, staging / WEIGHTS_FILE)
+        save_weights(model, staging / WEIGHTS_FILE, dtype=dtype)
         write_json_atomic(staging / CONFIG_FILE, {"architectures": [type(model).__name__], **model.config.to_dict()})
         modelio.Manifest(kind, architecture=ARCHITECTURE, config={"lattice_config": CONFIG_FILE}).save(staging)
     return directory
