@@ -23,22 +23,17 @@ Last stdout line: {"rows": {"zh": {"size_ratio", "latency_ratio_b1", "latency_ra
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "examples" / "benchmarks"))
+from _common import ROOT, bertkit, minilm, split_halves
 
 from bertkit.classify.data import load_labelled  # noqa: E402
 from bertkit.classify.runner import Classifier  # noqa: E402
 from bertkit.compress.model import size_on_disk  # noqa: E402
 from bertkit.compress.task import timed_pair  # noqa: E402
 from bertkit.core import modelio  # noqa: E402
-from early_exit import minilm, split_halves  # noqa: E402  (the same rows and splits)
 
 CLS = modelio.shared_data() / "cls"
 MAX_LOSS = 1.0
@@ -50,14 +45,6 @@ ROWS = {  # base model, train, dev (the budget), test (scores), fine-tuning reci
     "en": lambda out: (minilm(), CLS / "agnews_train.tsv", *split_halves(CLS / "agnews_dev.tsv", out),
                        ["--epochs", "1", "--lr", "1e-4"]),
 }
-
-
-def bertkit(*args: str) -> str:
-    print("bertkit " + " ".join(args), file=sys.stderr, flush=True)
-    proc = subprocess.run([sys.executable, "-m", "bertkit.cli", *args], stdout=subprocess.PIPE, text=True)
-    if proc.returncode:
-        sys.exit(f"bertkit {' '.join(args)} failed (exit {proc.returncode})")
-    return proc.stdout
 
 
 def run_row(name: str, out: Path, threads: int, rounds: int) -> dict:

