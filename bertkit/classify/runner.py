@@ -24,14 +24,15 @@ class Classifier(Runner):
 
     def __init__(self, model, tokenizer, max_length: int = 128, batch_size: int = 64):
         self.model, self.tokenizer = model, tokenizer
-        limit = model.config.max_position_embeddings
-        self.encoder = TextEncoder(tokenizer, min(max_length, limit))
+        size = min(max_length, model.config.max_position_embeddings)
+        make = getattr(model, "text_encoder", None)  # a model that builds its own inputs (Lattice-BERT: lattices)
+        self.encoder = make(tokenizer, size) if make is not None else TextEncoder(tokenizer, size)
         self.batch_size = batch_size
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
 
     @classmethod
     def load(cls, path: str | None = None, **options) -> "Classifier":
-        path = modelio.resolve_model(path)
+        path = modelio.resolve_model(path, layouts=modelio.TASK_LAYOUTS)
         return cls(load_classifier(path).eval(), modelio.load_tokenizer(path), **options)
 
     def _probabilities(self, batch: Sequence[list[TokenWindow]]) -> list[torch.Tensor]:
@@ -57,7 +58,7 @@ class Classifier(Runner):
         self.model.eval()
         encoded = self.encoder.encode_stream((ex.text, ex.text_b) for ex in map(as_example, examples))
         yield from map_in_order(
-            encoded, self._probabilities, length=lambda ws: sum(len(w.input_ids) for w in ws), batch_size=self.batch_size
+            encoded, self._probabilities, length=lambda ws: sum(map(len, ws)), batch_size=self.batch_size
         )
 
     def evaluate(self, examples: Sequence[Example], source: str = "the data") -> dict[str, float]:

@@ -5,7 +5,9 @@ pairs (JSONL with the same keys works too).  The classifier is a plain
 ``BertForSequenceClassification`` ([CLS] → pooler → linear, Devlin et al. 2019, section 4.1),
 saved with its label names in ``config.json`` so ``transformers`` loads it as is.  Texts longer
 than ``--max-length`` are split into windows: each window is a training example with the
-text's label, and at prediction time the windows' probabilities are averaged.
+text's label, and at prediction time the windows' probabilities are averaged.  From a
+Lattice-BERT directory (``bertkit pretrain --multigrain``) the classifier is a Lattice-BERT one
+(:mod:`bertkit.multigrain.heads`), its texts turned into lattices instead of tokens.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class ClassifyTask:
         self.dev = dev
 
     def length(self, item) -> int:
-        return len(item[0].input_ids)
+        return len(item[0])
 
     def collate(self, items, generator):
         batch = self.classifier.encoder.pad_batch([w for w, _ in items])
@@ -49,8 +51,7 @@ class ClassifyTask:
         return self.classifier.evaluate(self.dev, source="dev") if self.dev else {}
 
     def save(self, model, directory: Path) -> None:
-        modelio.save_pretrained(model, self.classifier.tokenizer, directory, dtype=self.save_dtype)
-        modelio.Manifest("classifier").save(directory)
+        modelio.save_model(model, self.classifier.tokenizer, directory, "classifier", dtype=self.save_dtype)
 
 
 def run_training(train_path: str, dev_path: str | None, model: str | None, cfg: TrainConfig,
@@ -61,7 +62,7 @@ def run_training(train_path: str, dev_path: str | None, model: str | None, cfg: 
         raise BertkitError(f"{train_path}: only one label ({labels[0]}); classification needs at least two")
     dev = load_labelled(dev_path) if dev_path else []
     check_labels(dev, labels, dev_path or "", "training")
-    path = modelio.resolve_model(model)
+    path = modelio.resolve_model(model, layouts=modelio.TASK_LAYOUTS)
     net = new_classifier(path, labels, cfg.seed)
     classifier = Classifier(net, modelio.load_tokenizer(path), max_length=max_length)
     task = ClassifyTask(classifier, train, dev, save_dtype=torch.float16 if save_fp16 else None)

@@ -59,7 +59,7 @@ def _kind(model: str | None) -> str | None:
 
     from ..core import modelio
 
-    path = Path(modelio.resolve_model(model))
+    path = Path(modelio.resolve_model(model, layouts=modelio.TASK_LAYOUTS))
     return modelio.Manifest.read(path).kind if path.is_dir() else None
 
 
@@ -69,7 +69,7 @@ def load_runner(model: str | None, speed: float | None, patience: int | None, ma
 
     from ..core import modelio
 
-    path = modelio.resolve_model(model)
+    path = modelio.resolve_model(model, layouts=modelio.TASK_LAYOUTS)
     if modelio.Manifest.read(Path(path)).kind == "early-exit-classifier" or speed is not None or patience is not None:
         from ..distill.runner import EarlyExitRunner
 

@@ -74,6 +74,6 @@ def task_of(model: str | None) -> str:
 
     from ..core import modelio
 
-    path = modelio.resolve_model(model)
+    path = modelio.resolve_model(model, layouts=modelio.TASK_LAYOUTS)
     kind = modelio.Manifest.read(Path(path)).kind if Path(path).is_dir() else "encoder"
     return KIND_TASK.get(kind, "embed")

@@ -45,7 +45,8 @@ def train(
     if cfg.lr is None:  # recorded in trainer_state.json with where it came from; no log line before data errors
         from ..core import modelio
 
-        cfg.lr, cfg.extra["lr_from"] = modelio.fine_tune_lr(modelio.resolve_model(model), task)
+        path = modelio.resolve_model(model, layouts=modelio.TASK_LAYOUTS)  # --task correct refuses a lattice model later
+        cfg.lr, cfg.extra["lr_from"] = modelio.fine_tune_lr(path, task)
     if task in TASKS:
         options, run = TASKS[task]
         run(train_file, dev, model, cfg, max_length=max_length, save_fp16=save_fp16,

@@ -29,6 +29,23 @@ class CharVocab:
         return [i for i, ch in enumerate(text) if not ch.isspace()]
 
 
+class CharEncoder:
+    """Windows of a text's characters as BERT inputs, one id per character: what the NER runner
+    feeds its model (a model that builds its inputs otherwise, e.g. a Lattice-BERT tagger, hands
+    out its own encoder with this interface: ``char_encoder(tokenizer)``)."""
+
+    def __init__(self, chars: CharVocab):
+        self.chars = chars
+
+    def encode(self, text: str, positions: Sequence[int]) -> list[int]:
+        """The characters of ``text`` at ``positions`` (non-space) as one model input."""
+        return [self.chars.id(text[p]) for p in positions]
+
+    def batch(self, pieces: Sequence[list[int]], labels: Sequence[list[int]] | None = None) -> dict[str, torch.Tensor]:
+        """``[CLS] piece [SEP]`` rows: character ``k`` of a piece at row ``1 + k``; labels there."""
+        return pad_ids(pieces, self.chars, labels)
+
+
 @dataclass
 class CharWindow:
     line: int  # index of the line in the batch being corrected

@@ -22,6 +22,9 @@ class TokenWindow:
     input_ids: list[int]
     token_type_ids: list[int]
 
+    def __len__(self) -> int:  # positions, [CLS] and [SEP] included
+        return len(self.input_ids)
+
 
 class TextEncoder:
     def __init__(self, tokenizer, max_length: int):

@@ -100,6 +100,10 @@ ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "elect
 # BERT): name -> (what to call it, the files it needs besides weights and tokenizer, what makes it)
 OWN_LAYOUTS = {"lattice-bert": ("a Lattice-BERT model", ("lattice_config.json", "words.txt"),
                                 "bertkit pretrain --multigrain")}
+# the OWN_LAYOUTS architectures that classification and NER (bertkit train, predict, eval) fine-tune and
+# run: their builders make ``AutoModelForSequenceClassification`` / ``...ForTokenClassification``
+# stand-ins (bertkit.multigrain.heads)
+TASK_LAYOUTS = ("lattice-bert",)
 
 
 def check_model_dir(path: Path, layouts: Collection[str] = ()) -> None:
@@ -211,6 +215,19 @@ def save_pretrained(model: PreTrainedModel, tokenizer, directory: Path, dtype: t
     for item in tmp.iterdir():
         os.replace(item, directory / item.name)
     tmp.rmdir()
+
+
+def save_model(model: torch.nn.Module, tokenizer, directory: Path, kind: str, dtype: torch.dtype | None = None) -> None:
+    """A fine-tuned model of manifest ``kind`` with its tokenizer: in the HF layout
+    (:func:`save_pretrained`, then the manifest), or, for a model of a bertkit architecture that
+    writes its own directory (a ``save_model_dir(tokenizer, directory, kind, dtype)`` method, e.g.
+    a fine-tuned Lattice-BERT), that way."""
+    own = getattr(model, "save_model_dir", None)
+    if own is not None:
+        own(tokenizer, Path(directory), kind=kind, dtype=dtype)
+        return
+    save_pretrained(model, tokenizer, directory, dtype=dtype)
+    Manifest(kind).save(directory)
 
 
 def _copy_as(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:

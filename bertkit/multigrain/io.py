@@ -73,17 +73,19 @@ class LatticeBundle:
 
 
 def save_lattice_dir(model: LatticeModel | LatticeForPretraining, tokenizer, words: Sequence[str],
-                     directory: Path | str, dtype: torch.dtype | None = None) -> Path:
+                     directory: Path | str, dtype: torch.dtype | None = None, kind: str | None = None) -> Path:
     """Model, tokenizer and ``words.txt`` into ``directory``, each entry replacing its namesake by
-    one rename, ``bertkit.json`` last (so a reader never finds a manifest without its files)."""
-    _check_words(list(words), model.config.word_vocab_size, "words")
+    one rename, ``bertkit.json`` last (so a reader never finds a manifest without its files).
+    ``model``: any class :func:`.model.save_lattice` saves (the fine-tuned ones of :mod:`.heads`
+    too); ``kind``: the manifest's, by default the class's."""
+    check_words(list(words), model.config.word_vocab_size, "words")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_entries(directory, last=modelio.MANIFEST) as staging:
         tokenizer.save_pretrained(staging)
         with atomic_file(staging / WORDS_FILE) as fh:
             fh.writelines(f"{word}\n" for word in words)
-        save_lattice(model, staging, dtype=dtype)
+        save_lattice(model, staging, dtype=dtype, kind=kind)
         settle_dir_modes(staging)  # safetensors writes its files 0600
     return directory
 
@@ -95,7 +97,7 @@ def load_lattice_dir(directory: Path | str) -> LatticeBundle:
     model = load_lattice(path)
     tokenizer = modelio.load_tokenizer(str(path))
     words = read_words(path / WORDS_FILE)
-    _check_words(words, model.config.word_vocab_size, str(path / WORDS_FILE))
+    check_words(words, model.config.word_vocab_size, str(path / WORDS_FILE))
     if max(tokenizer.get_vocab().values()) >= model.config.char_vocab_size:
         raise BertkitError(f"{path}: the tokenizer has ids beyond the model's {model.config.char_vocab_size} characters")
     return LatticeBundle(model, tokenizer, words)
@@ -118,7 +120,8 @@ def read_words(path: Path) -> list[str]:
     return lines
 
 
-def _check_words(words: list[str], size: int, where: str) -> None:
+def check_words(words: list[str], size: int, where: str) -> None:
+    """Distinct words, no more than the model's ``size`` word embeddings; BertkitError naming ``where``."""
     if len(set(words)) != len(words):
         raise BertkitError(f"{where}: a word appears twice")
     if len(words) > size:

@@ -504,17 +504,37 @@ def collate_lattices(lattices: Sequence[Sequence[Unit]], char_vocab: Mapping[str
 # ---------------------------------------------------------------- files
 
 
-def save_lattice(model: LatticeModel | LatticeForPretraining, directory: Path | str,
-                 dtype: torch.dtype | None = None) -> Path:
+# the model classes a directory may hold (class name, as lattice_config.json records it -> class) and
+# the manifest kind each is saved as by default; the fine-tuned models of :mod:`.heads` add theirs
+MODEL_CLASSES: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in (LatticeModel, LatticeForPretraining)}
+MODEL_KINDS = {"LatticeModel": "lattice-encoder", "LatticeForPretraining": "lattice-pretraining"}
+
+
+def register_model(kind: str):
+    """Class decorator: a Lattice-BERT model class that :func:`save_lattice` saves (as manifest
+    ``kind`` unless told otherwise) and :func:`load_lattice` loads.  Its ``config_class`` (default
+    :class:`LatticeConfig`) reads ``lattice_config.json``."""
+
+    def register(cls):
+        MODEL_CLASSES[cls.__name__], MODEL_KINDS[cls.__name__] = cls, kind
+        return cls
+
+    return register
+
+
+def save_lattice(model: nn.Module, directory: Path | str, dtype: torch.dtype | None = None,
+                 kind: str | None = None) -> Path:
     """Write ``model.safetensors`` (in ``dtype``, e.g. float16 for half the size; loading gives
-    float32 again), ``lattice_config.json`` and ``bertkit.json`` into ``directory``, each replacing
-    its namesake by one rename (other files there, e.g. a vocabulary, stay).  For a directory
+    float32 again), ``lattice_config.json`` and ``bertkit.json`` (manifest ``kind``, by default
+    the class's) into ``directory``, each replacing its namesake by one rename (other files
+    there, e.g. a vocabulary, stay).  ``model``: a class of :data:`MODEL_CLASSES`.  For a directory
     that also holds the tokenizer and word vocabulary: :func:`bertkit.multigrain.io.save_lattice_dir`."""
-    if not isinstance(model, (LatticeModel, LatticeForPretraining)):
-        raise TypeError(f"save_lattice saves a LatticeModel or LatticeForPretraining, not {type(model).__name__}")
+    if MODEL_CLASSES.get(type(model).__name__) is not type(model):
+        raise TypeError(f"save_lattice saves a Lattice-BERT model ({', '.join(MODEL_CLASSES)}), "
+                        f"not {type(model).__name__}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    kind = "lattice-pretraining" if isinstance(model, LatticeForPretraining) else "lattice-encoder"
+    kind = kind or MODEL_KINDS[type(model).__name__]
     with atomic_entries(directory, last=modelio.MANIFEST) as staging:
         save_weights(model, staging / WEIGHTS_FILE, dtype=dtype)
         write_json_atomic(staging / CONFIG_FILE, {"architectures": [type(model).__name__], **model.config.to_dict()})
@@ -522,18 +542,18 @@ def save_lattice(model: LatticeModel | LatticeForPretraining, directory: Path | 
     return directory
 
 
-MODEL_CLASSES = {cls.__name__: cls for cls in (LatticeModel, LatticeForPretraining)}
-
-
-def load_lattice(directory: Path | str) -> LatticeModel | LatticeForPretraining:
+def load_lattice(directory: Path | str) -> nn.Module:
     """The model :func:`save_lattice` wrote (its class, float32, in eval mode); BertkitError if the
-    directory does not hold one or its weights do not match its config."""
+    directory does not hold one or its weights do not match its config.  A fine-tuned model
+    (:mod:`.heads`) also gets the directory's word vocabulary, which its inputs are built with."""
+    from . import heads  # noqa: F401  (registers the fine-tuned models' classes)
+
     directory = Path(directory)
     try:
         data = dict(read_json(directory / CONFIG_FILE))
         names = data.pop("architectures")
         cls = MODEL_CLASSES[names[0]]
-        config = LatticeConfig.from_dict(data)
+        config = getattr(cls, "config_class", LatticeConfig).from_dict(data)
     except FileNotFoundError:
         raise BertkitError(f"{directory} has no {CONFIG_FILE}: not a Lattice-BERT model directory") from None
     except (OSError, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
@@ -547,20 +567,26 @@ def load_lattice(directory: Path | str) -> LatticeModel | LatticeForPretraining:
     if missing or unexpected:
         raise BertkitError(f"{directory}: weights do not match {CONFIG_FILE}: missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}")
+    if isinstance(model, heads.LatticeTaskModel):
+        model.words = heads.directory_words(directory, config)
     return model.float().eval()
 
 
 @modelio.register_architecture(ARCHITECTURE)
 def build(directory: Path, cls=None, **kwargs) -> nn.Module:
     """The builder :func:`bertkit.core.modelio.load_model` calls for a ``lattice-bert`` directory:
-    ``cls`` LatticeModel gives the encoder (of a pretraining model too), anything else what was saved."""
+    ``cls`` LatticeModel gives the encoder (of any saved model), None what was saved; a sequence or
+    token classification class (transformers' ``AutoModelFor...`` ones too, as the classification
+    and NER commands ask) is built by :func:`.heads.build_task_model`."""
+    if cls not in (None, LatticeModel, LatticeForPretraining):
+        from .heads import build_task_model
+
+        return build_task_model(Path(directory), cls, **kwargs)
     if kwargs.pop("dtype", None) not in (None, torch.float32) or kwargs:
         raise BertkitError(f"{directory} is a Lattice-BERT model: it loads in float32, without options")
     model = load_lattice(directory)
-    if cls is LatticeModel and isinstance(model, LatticeForPretraining):
-        return model.lattice
-    if cls not in (None, LatticeModel, LatticeForPretraining):
-        raise BertkitError(f"{directory} holds a Lattice-BERT model, not a {getattr(cls, '__name__', cls)}")
+    if cls is LatticeModel:
+        return getattr(model, "lattice", model)
     if cls is LatticeForPretraining and not isinstance(model, LatticeForPretraining):
         raise BertkitError(f"{directory} holds a Lattice-BERT encoder without pretraining heads")
     return model

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForTokenClassification
 
 from ..core import modelio
-from ..core.chars import CharVocab, pad_ids, windows
+from ..core.chars import CharEncoder, CharVocab, windows
 from ..core.device import module_device
 from ..core.errors import BertkitError
 from ..core.runner import Runner
@@ -29,6 +29,8 @@ class NerTagger(Runner):
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         self.transitions = Transitions(self.labels, scheme_of(self.labels))
         self.chars = CharVocab(tokenizer)
+        make = getattr(model, "char_encoder", None)  # a model that builds its own inputs (Lattice-BERT: lattices)
+        self.encoder = make(tokenizer) if make is not None else CharEncoder(self.chars)
         self.window = min(max_length, model.config.max_position_embeddings) - 2
         if self.window < 4:
             raise BertkitError("--max-length must be at least 6 for NER")
@@ -36,7 +38,7 @@ class NerTagger(Runner):
 
     @classmethod
     def load(cls, path: str | None = None, **options) -> "NerTagger":
-        path = modelio.resolve_model(path)
+        path = modelio.resolve_model(path, layouts=modelio.TASK_LAYOUTS)
         if modelio.Manifest.read(path).kind != KIND:
             raise BertkitError(f"{path} is not an NER model (train one with `bertkit train --task ner`)")
         model = modelio.load_model(path, AutoModelForTokenClassification, dtype=torch.float32).eval()
@@ -50,11 +52,9 @@ class NerTagger(Runner):
         device = module_device(self.model)
         for start in range(0, len(pieces), self.batch_size):
             chunk = pieces[start : start + self.batch_size]
-            ids = [[self.chars.id(texts[i][q]) for q in positions[i][s:e]] for i, s, e, _, _ in chunk]
-            batch = pad_ids(ids, self.chars)
+            batch = self.encoder.batch([self.encoder.encode(texts[i], positions[i][s:e]) for i, s, e, _, _ in chunk])
             with torch.inference_mode():
-                logits = self.model(input_ids=batch["input_ids"].to(device),
-                                    attention_mask=batch["attention_mask"].to(device)).logits
+                logits = self.model(**{k: v.to(device) for k, v in batch.items()}).logits
             logp = logits.float().log_softmax(-1).cpu().numpy()
             for b, (i, s, _, lo, hi) in enumerate(chunk):
                 scores[i][s + lo : s + hi] = logp[b, 1 + lo : 1 + hi]

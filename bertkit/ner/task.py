@@ -1,6 +1,8 @@
 """Fine-tuning a character-level NER model over the shared loop; dev entity F1 picks the
 checkpoint.  Training sentences longer than the window are split into consecutive windows, each
-a training example (an entity cut by a window edge keeps its I- tags), never cut."""
+a training example (an entity cut by a window edge keeps its I- tags), never cut.  From a
+Lattice-BERT directory the tagger is a Lattice-BERT one (:mod:`bertkit.multigrain.heads`): each
+window becomes a lattice, its characters labelled and its words context only."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import torch
 from transformers import AutoModelForTokenClassification
 
 from ..core import modelio
-from ..core.chars import CharVocab, pad_ids
 from ..core.errors import BertkitError
 from ..core.progress import log
 from ..training import TrainConfig, Trainer
@@ -23,20 +24,20 @@ class NerTask:
     def __init__(self, tagger: NerTagger, train: NerData, dev: NerData | None, save_dtype=None):
         self.tagger, self.model, self.dev, self.save_dtype = tagger, tagger.model, dev, save_dtype
         label_id = {label: i for i, label in enumerate(tagger.labels)}
-        chars, size = tagger.chars, tagger.window
+        encoder, size = tagger.encoder, tagger.window
         self.examples = []
         for sentence in train.sentences:
             tags = spans_to_tags(len(sentence.text), sentence.entities, train.scheme)
-            pos = chars.positions(sentence.text)
+            pos = tagger.chars.positions(sentence.text)
             for s in range(0, len(pos), size):
                 piece = pos[s : s + size]
-                self.examples.append(([chars.id(sentence.text[p]) for p in piece], [label_id[tags[p]] for p in piece]))
+                self.examples.append((encoder.encode(sentence.text, piece), [label_id[tags[p]] for p in piece]))
 
     def length(self, example) -> int:
-        return len(example[0]) + 2
+        return len(example[0]) + 2  # ids (BERT) or units (Lattice-BERT), [CLS] and [SEP]
 
     def collate(self, examples, generator):
-        return pad_ids([ids for ids, _ in examples], self.tagger.chars, [labels for _, labels in examples])
+        return self.tagger.encoder.batch([inputs for inputs, _ in examples], [labels for _, labels in examples])
 
     def evaluate(self, model) -> dict:
         if not self.dev:
@@ -45,8 +46,7 @@ class NerTask:
         return {k: scores[k] for k in ("f1", "precision", "recall")}
 
     def save(self, model, directory: Path) -> None:
-        modelio.save_pretrained(model, self.tagger.tokenizer, directory, dtype=self.save_dtype)
-        modelio.Manifest(KIND).save(directory)
+        modelio.save_model(model, self.tagger.tokenizer, directory, KIND, dtype=self.save_dtype)
 
 
 def run_ner_training(train_path: str, dev_path: str | None, model: str | None, cfg: TrainConfig,
@@ -61,7 +61,7 @@ def run_ner_training(train_path: str, dev_path: str | None, model: str | None, c
             raise BertkitError(f"{dev_path}: entity type{'s' if len(unseen) > 1 else ''} {', '.join(unseen)} never "
                                f"occur{'' if len(unseen) > 1 else 's'} in {train_path}")
     labels = label_set(train.types, train.scheme)
-    path = modelio.resolve_model(model)
+    path = modelio.resolve_model(model, layouts=modelio.TASK_LAYOUTS)
     torch.manual_seed(cfg.seed)  # the new tagging head's init is part of the seeded run
     net = modelio.load_model(path, AutoModelForTokenClassification, dtype=torch.float32, num_labels=len(labels),
                              id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
