@@ -304,6 +304,22 @@ def test_8bit_weights_stay_close_to_float32_and_shrink_the_files(tmp_path):
     assert torch.equal(rebuilt(x), linear[0](x))
 
 
+def test_position_pruning_keeps_the_window_and_transformers_loads_the_result(tmp_path):
+    model, tokenizer = tiny_classifier()
+    data = batches(tokenizer)
+    before = [logits(model, b) for b in data]
+    assert max(b["input_ids"].shape[1] for b in data) <= 24
+    record = vocab.prune_positions(model, 24)
+    assert record == {"positions_kept": 24, "positions_of": 64}
+    assert model.bert.embeddings.position_embeddings.weight.shape == (24, HIDDEN) and model.config.max_position_embeddings == 24
+    for batch, expected in zip(data, before):  # every input within the window computes as before
+        assert torch.allclose(logits(model, batch), expected, atol=1e-6)
+    out = save_compressed(model, tokenizer, tmp_path / "p", [record])
+    loaded = AutoModelForSequenceClassification.from_pretrained(out, local_files_only=True).eval()
+    assert torch.allclose(logits(loaded, data[0]), before[0], atol=1e-6)
+    assert vocab.prune_positions(model, 100)["positions_kept"] == 24  # a wider window keeps what there is
+
+
 # ---------------------------------------------------------------- factorised word embeddings
 
 

@@ -49,7 +49,7 @@ from .factorize import factorize_embeddings
 from .model import parameter_count, save_compressed, size_on_disk
 from .sparse import KeepSparse, magnitude_prune
 from .structured import distillation_objective, prune_structure
-from .vocab import prune_vocabulary
+from .vocab import prune_positions, prune_vocabulary
 
 STAGES = ("vocab", "factorize", "structure", "sparse", "quantize")  # the order they apply in
 
@@ -95,7 +95,7 @@ class Candidate:
 
 def _vocab(c: Candidate, train: Sequence[Example], options, teacher) -> dict:
     c.tokenizer, record = prune_vocabulary(c.model, c.tokenizer, [(ex.text, ex.text_b) if ex.text_b else ex.text for ex in train])
-    return record
+    return record | prune_positions(c.model, options.max_length)
 
 
 def _factorize(c: Candidate, train, options, teacher) -> dict:

@@ -1,4 +1,4 @@
-"""Stage 1: vocabulary pruning to the tokens a corpus uses.
+"""Stage 1: vocabulary pruning to the tokens a corpus uses (and positions to the window).
 
 TextPruner's vocabulary pruning (Shen et al., ACL 2022 demo): tokens that never occur in the
 task's texts are removed from the tokenizer and their rows from the embedding matrix; nothing
@@ -10,6 +10,9 @@ all-MiniLM-L6-v2 and AG News: same tokens, same logits); an unseen word may spli
 Where we deviate, and why:
 - The kept tokens are the special tokens plus every token seen ``min_count`` times (TextPruner
   keeps those seen at all); a pruned token becomes ``[UNK]``.
+- The position table is cut to the ``--max-length`` window too (:func:`prune_positions`): a
+  model bertkit runs with that window never reads the rows beyond it (longer texts are split into
+  windows); the config's ``max_position_embeddings`` follows, and transformers loads the result.
 - The new tokenizer is a plain WordPiece ``BertTokenizer`` with the old one's casing options
   (``bertkit.core.vocab.make_tokenizer``, shared with ``bertkit pretrain --prune-vocab``), even
   when the old one was a fast tokenizer: only the vocabulary is rewritten.
@@ -62,3 +65,22 @@ def _token_ids(tokenizer, texts, chunk: int = 1024) -> Iterator[list[int]]:
             batch = []
     if batch:
         yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
+
+
+def prune_positions(model, max_length: int) -> dict:
+    """Keep the first ``max_length`` rows of the position table, the positions a model run with
+    ``--max-length`` windows ever reads (bertkit windows longer texts, never cuts them): the same
+    pruning as the vocabulary's, applied to positions.  In place; the record says how many."""
+    embeddings = getattr(model, "bert", model).embeddings
+    table = embeddings.position_embeddings
+    if not isinstance(table, nn.Embedding):
+        raise BertkitError("prune the positions before quantizing the embeddings")
+    old = table.num_embeddings
+    if max_length < old:
+        embeddings.position_embeddings = nn.Embedding.from_pretrained(table.weight.detach()[:max_length].clone(), freeze=False)
+        for name in ("position_ids", "token_type_ids"):  # transformers' buffers of the table's length
+            buffer = getattr(embeddings, name, None)
+            if buffer is not None:
+                setattr(embeddings, name, buffer[:, :max_length].clone())
+        model.config.max_position_embeddings = max_length
+    return {"positions_kept": min(old, max_length), "positions_of": old}
