@@ -512,3 +512,17 @@ def test_recovery_distils_from_a_teacher_that_reads_the_pruned_vocabulary(finetu
     cli("compress", "-m", str(finetuned), "--train", str(train), "--dev", str(dev), "-o", str(tmp_path / "c"),
         "--stages", "vocab,sparse", "--sparsity", "0", "--rounds", "1", "--max-loss", "100", check=True)
     assert seen == [True]
+
+
+def test_vocab_positions_and_factorize_work_on_another_wordpiece_family():
+    """ELECTRA keeps BERT's WordPiece vocabulary under another attribute (``.electra``): the
+    stages find its embeddings through ``base_model``; positions are cut for BERT only."""
+    from transformers import ElectraConfig, ElectraForSequenceClassification
+
+    torch.manual_seed(0)
+    model = ElectraForSequenceClassification(ElectraConfig(vocab_size=40, embedding_size=32, hidden_size=32,
+                                                           num_hidden_layers=1, num_attention_heads=2,
+                                                           intermediate_size=64, max_position_embeddings=64)).eval()
+    assert vocab.prune_positions(model, 16) == {"positions_kept": 64, "positions_of": 64}
+    record = factorize.factorize_embeddings(model, rank=8)
+    assert record["rank"] == 8 and isinstance(model.electra.embeddings.word_embeddings, factorize.FactorizedEmbedding)

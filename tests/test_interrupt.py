@@ -138,3 +138,26 @@ def test_a_model_update_lets_no_signal_in_between_its_files(tmp_path, monkeypatc
     assert all((directory / name).read_text() == "new" for name in ("config.json", "model.safetensors", "vocab.txt"))
     assert sorted(p.name for p in directory.iterdir()) == ["checkpoints", "config.json", "model.safetensors", "vocab.txt"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("names, expected_last", [
+    (("config.json", "bertkit.json", "model.safetensors", "vocab.txt"), ["bertkit.json", "config.json"]),
+    (("lattice_config.json", "bertkit.json", "model.safetensors", "words.txt"), ["bertkit.json"]),  # no config.json
+])
+def test_atomic_entries_moves_the_last_names_in_their_order_after_the_rest(tmp_path, monkeypatch, names, expected_last):
+    """The training loop's mid-run save lists ("bertkit.json", "config.json"): a BERT directory
+    gets config.json last, a Lattice-BERT one (which has none) its manifest."""
+    from bertkit.core import files
+
+    renamed = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        renamed.append(os.path.basename(dst))
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    with files.atomic_entries(tmp_path / "out", last=("bertkit.json", "config.json")) as staging:
+        for name in names:
+            (staging / name).write_text("new")
+    assert renamed[-len(expected_last):] == expected_last and len(renamed) == len(names)

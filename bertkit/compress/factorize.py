@@ -62,7 +62,7 @@ def factorize_embeddings(model: nn.Module, rank: int | None = None) -> dict:
     """``model``'s word-embedding table becomes a :class:`FactorizedEmbedding` of ``rank`` (default:
     a quarter of the hidden size), in place; the stage's record with the share of the table's
     energy (squared singular values) the rank keeps."""
-    embeddings = getattr(model, "bert", model).embeddings
+    embeddings = model.base_model.embeddings
     table = embeddings.word_embeddings
     if not isinstance(table, nn.Embedding):
         raise BertkitError("factorise the word embeddings once, before quantizing them")

@@ -71,8 +71,10 @@ def prune_positions(model, max_length: int) -> dict:
     """Keep the first ``max_length`` rows of the position table, the positions a model run with
     ``--max-length`` windows ever reads (bertkit windows longer texts, never cuts them): the same
     pruning as the vocabulary's, applied to positions.  In place; the record says how many."""
-    embeddings = getattr(model, "bert", model).embeddings
+    embeddings = model.base_model.embeddings
     table = embeddings.position_embeddings
+    if model.config.model_type != "bert":  # RoBERTa-style tables keep padding_idx + 1 extra rows: leave them
+        return {"positions_kept": table.num_embeddings, "positions_of": table.num_embeddings}
     if not isinstance(table, nn.Embedding):
         raise BertkitError("prune the positions before quantizing the embeddings")
     old = table.num_embeddings

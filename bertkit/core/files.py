@@ -163,9 +163,10 @@ def signals_held() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_entries(directory: Path, last: str | None = None) -> Iterator[Path]:
+def atomic_entries(directory: Path, last: str | tuple[str, ...] | None = None) -> Iterator[Path]:
     """A fresh staging directory inside ``directory``; if the block succeeds, each entry written
-    there replaces its namesake in ``directory`` by one rename, ``last`` after all the others, and
+    there replaces its namesake in ``directory`` by one rename, ``last`` after all the others (a
+    tuple: in its order, after all the others), and
     no Ctrl-C or SIGTERM gets in between.  ``directory``'s other entries stay (e.g. a training run's
     ``checkpoints/`` beside the model it is updating), which :func:`atomic_dir` would drop."""
     directory = Path(directory)
@@ -178,7 +179,8 @@ def atomic_entries(directory: Path, last: str | None = None) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    entries = sorted(staging.iterdir(), key=lambda entry: entry.name == last)
+    order = (last,) if isinstance(last, str) else tuple(last or ())
+    entries = sorted(staging.iterdir(), key=lambda entry: order.index(entry.name) if entry.name in order else -1)
     with signals_held():
         for entry in entries:
             (replace_dir if entry.is_dir() else os.replace)(entry, directory / entry.name)

@@ -107,7 +107,7 @@ def read_words(path: Path) -> list[str]:
     """``words.txt``: one word a line, nothing else (a word's id is its line number, so no line
     may be skipped: a blank one is an error)."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").split("\n")
+        lines = Path(path).read_text(encoding="utf-8-sig").split("\n")
     except OSError as e:
         raise BertkitError(f"cannot read {path}: {e.strerror or e}") from None
     except UnicodeDecodeError:

@@ -199,7 +199,9 @@ class LatticeSelfAttention(nn.Module):
 
     def position_bias(self, distance_index: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
         """[batch, heads, n, n] from distance rows [batch, 4, n, n] and relations [batch, n, n]."""
-        bias = self.distance_bias(distance_index).sum(dim=1) + self.relation_bias(relations)  # [b, n, n, heads]
+        bias = self.relation_bias(relations)  # [b, n, n, heads]
+        for kind in range(distance_index.shape[1]):  # one [b, n, n, heads] lookup at a time: 4x less memory
+            bias = bias + self.distance_bias(distance_index[:, kind])
         return bias.permute(0, 3, 1, 2)
 
     def forward(self, hidden, mask_bias, distance_index, relations) -> torch.Tensor:
@@ -563,7 +565,7 @@ def load_lattice(directory: Path | str) -> nn.Module:
         tensors = load_file(str(directory / WEIGHTS_FILE))
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except Exception as exc:  # a missing, truncated or mis-shaped file
-        raise BertkitError(f"cannot load the weights of {directory}: {str(exc).strip().splitlines()[0]}") from None
+        raise BertkitError(f"cannot load the weights of {directory}: {modelio._first_line(exc)}") from None
     if missing or unexpected:
         raise BertkitError(f"{directory}: weights do not match {CONFIG_FILE}: missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}")

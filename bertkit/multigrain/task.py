@@ -22,6 +22,9 @@ Where we deviate from the paper, as far as we know it (the model's own deviation
   the characters: a window of ``n`` characters is a sequence of ``n`` + words + 2 units.
 * Masking: dynamic (drawn anew at each step from the loop's per-step generator, as RoBERTa) and
   always ``[MASK]`` (no 80/10/10 replacement).  No sentence-level objective.
+* A masked word unit stays in the input as ``[MASK]`` at its own span, so the model sees which
+  spans inside a masked segment are vocabulary words (not which words): inherent to masked
+  segment prediction over a lattice, where every unit keeps its position.
 * Lattices are built once, before training, not on the fly: the log gives their speed
   (sentences/s) beside the mean training step time, so the cost of building them on the fly can
   be judged (the issue asks that lattice construction not slow training).

@@ -377,8 +377,9 @@ class Trainer:
             state["best_metric"], state["best_step"] = metrics[self.cfg.metric], state["step"]
             save_model_weights(self.ckpt_dir / "best", model)
         if not done and (better or not (self.ckpt_dir / "best").exists()):
-            # config.json last: loaders look for it first, so a first model appears all at once
-            with atomic_entries(self.out, last="config.json") as staging:
+            # the file loaders look for first goes last, so a first model appears all at once:
+            # config.json, or bertkit.json where there is none (a Lattice-BERT directory)
+            with atomic_entries(self.out, last=("bertkit.json", "config.json")) as staging:
                 self.task.save(unwrap(model), staging)
 
     def _out_of_time(self, start: float, model) -> bool:
