@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bertkit.core import modelio
+from bertkit.core.errors import BertkitError
 from bertkit.multigrain import io as lattice_io
 from bertkit.multigrain import task as lattice_task
 from bertkit.multigrain.io import char_normalizer, load_lattice_dir
@@ -188,8 +189,9 @@ def test_incomplete_lattice_directory_is_reported(run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run[0], copy)
     (copy / "words.txt").unlink()
-    with pytest.raises(Exception, match="has no words.txt"):
+    with pytest.raises(BertkitError, match="has no words.txt") as error:
         load_lattice_dir(copy)
+    assert len(str(error.value).splitlines()) == 1
     assert modelio.resolve_model(str(run[0]), layouts=("lattice-bert",)) == str(run[0])
 
 
