@@ -27,6 +27,7 @@ from bertkit.multigrain.model import (
     LatticeConfig,
     LatticeForPretraining,
     LatticeModel,
+    _SummedLookup,
     collate_lattices,
     from_char_bert,
     load_lattice,
@@ -103,8 +104,7 @@ def test_a_relation_bias_changes_only_the_sentences_with_that_relation(relation,
     assert present.tolist() == [True, False]
     with torch.no_grad():
         before = encode(model, batch)
-        for layer in model.layers:
-            layer.attention.relation_bias.weight[relation] = torch.tensor([3.0, -2.0, 1.0, 4.0])
+        model.position_bias.relation_bias.weight[relation] = torch.tensor([3.0, -2.0, 1.0, 4.0])
         after = encode(model, batch)
     assert (after[0][real[0]] - before[0][real[0]]).abs().max() > 1e-3
     assert torch.equal(after[1][real[1]], before[1][real[1]])
@@ -114,16 +114,26 @@ def test_distance_biases_change_outputs_and_are_clipped():
     torch.manual_seed(0)
     model = LatticeModel(tiny_config(max_distance=2)).eval()
     batch = collate_lattices([build_lattice("研究生活很充实", LEXICON)], CHAR_VOCAB, WORD_VOCAB)
-    rows, _ = model.lattice_structure(batch["starts"], batch["ends"])
-    assert rows.min() >= 0 and rows.max() < 4 * 5
+    rows = model.lattice_structure(batch["starts"], batch["ends"])
+    assert rows[:, :4].min() >= 0 and rows[:, :4].max() < 4 * 5
+    assert torch.equal(rows[:, 4] - 4 * 5, relation_matrix(batch["starts"], batch["ends"]))
     # end-end distance from [CLS] (position 0) to [SEP] (position 8) is clipped to +2: row 3 * 5 + 2 + 2
     sep = int(batch["attention_mask"].sum()) - 1
     assert rows[0, 3, 0, sep] == 3 * 5 + 4
     with torch.no_grad():
         before = encode(model, batch)
-        model.layers[0].attention.distance_bias.weight[3 * 5 + 4] = 5.0
+        model.position_bias.distance_bias.weight[3 * 5 + 4] = 5.0
         after = encode(model, batch)
     assert (after - before).abs().max() > 1e-3
+
+
+def test_summed_lookup_matches_embedding_lookups_and_their_gradients():
+    torch.manual_seed(0)
+    table = torch.randn(30, 4, dtype=torch.double, requires_grad=True)
+    index = torch.randint(0, 30, (2, 5, 7, 7))
+    expected = F.embedding(index, table).sum(1).permute(0, 3, 1, 2)
+    assert torch.allclose(_SummedLookup.apply(table, index), expected)
+    assert torch.autograd.gradcheck(lambda t: _SummedLookup.apply(t, index), (table,))
 
 
 def test_padding_does_not_change_the_outputs_of_real_units():
@@ -215,7 +225,7 @@ def test_a_gradient_step_lowers_the_pretraining_loss():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     loss = model(**batch).loss
     loss.backward()
-    relation_grad = model.lattice.layers[0].attention.relation_bias.weight.grad
+    relation_grad = model.lattice.position_bias.relation_bias.weight.grad
     assert relation_grad is not None and relation_grad.abs().sum() > 0
     optimizer.step()
     with torch.no_grad():

@@ -5,8 +5,9 @@ the same recipe on four Chinese tasks.
 Stages (each skipped when its output exists, so an interrupted run goes on where it stopped and
 one command reproduces the whole):
 1. corpus: `examples/make_pretrain_corpus.py` (the shipped base's corpus: train splits only);
-2. pretrain: both arms continue from the shipped bertkit-zh-mini for --minutes minutes each, one
-   after the other on --threads threads: char = `bertkit pretrain` (its masked LM, whole-word
+2. pretrain: both arms continue from the shipped bertkit-zh-mini for --minutes minutes each, side by
+   side (--jobs 2) on --threads threads each, so that both see the same machine:
+   char = `bertkit pretrain` (its masked LM, whole-word
    masking), lattice = `bertkit pretrain --multigrain` (jieba's dictionary, the --words most used
    words), both over one epoch's schedule at --pretrain-lr, stopped by the clock (an arm that is
    slower per step gets fewer steps: that is the comparison the issue asks for).  One pretraining
@@ -115,15 +116,17 @@ def main():
     parser.add_argument("--seeds", default="42,1,2")
     parser.add_argument("--epochs", default="1", help="fine-tuning epochs, classification")
     parser.add_argument("--ner-epochs", default="1", help="fine-tuning epochs, NER")
-    parser.add_argument("--jobs", type=int, default=2, help="fine-tuning runs at once")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once (the two pretraining arms, then fine-tuning)")
     parser.add_argument("--threads", type=int, default=1, help="threads per run")
     parser.add_argument("--out", default=str(ROOT / "runs" / "multigrain"))
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = corpus(out)
-    models = {arm: pretrain(arm, text, out, args.minutes, args.jobs * args.threads, args.words,
-                             args.pretrain_lr) for arm in ARMS}
+    with ThreadPoolExecutor(args.jobs) as pool:  # each arm is a subprocess: threads only wait
+        built = pool.map(lambda arm: pretrain(arm, text, out, args.minutes, args.threads, args.words,
+                                              args.pretrain_lr), ARMS)
+        models = dict(zip(ARMS, built))
     files = tasks(out)
     seeds = [int(s) for s in args.seeds.split(",")]
     jobs = [(task, arm, seed) for task in (*CLASSIFY, *NER) for arm in ARMS for seed in seeds]
