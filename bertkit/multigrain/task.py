@@ -15,11 +15,13 @@ Where we deviate from the paper, as far as we know it (the model's own deviation
   a user of this kit has, and the carried-over model computes exactly what the BERT computed.
 * Word vocabulary: the ``--words`` words of a lexicon (jieba's dictionary unless ``--lexicon``) the
   corpus uses most, not a vocabulary built for the purpose from a large corpus.
-* Inputs: consecutive lines are packed into windows of up to ``max_length`` characters ([CLS] and
-  [SEP] included), as ``bertkit pretrain`` packs tokens (RoBERTa's FULL-SENTENCES); each line's
-  lattice is built on its own, so no word crosses two lines.  A line longer than a window is cut
-  into windows of whole characters, and a word across a cut is lost.  Word units come on top of
-  the characters: a window of ``n`` characters is a sequence of ``n`` + words + 2 units.
+* Inputs: consecutive lines are packed into windows of up to ``max_length`` lattice units
+  (characters + words, [CLS] and [SEP] included): the model's sequence length, as ``bertkit
+  pretrain`` packs ``max_length`` tokens (RoBERTa's FULL-SENTENCES), so both arms of a comparison
+  pay for the same sequence length per step; a window then holds fewer characters (about 1 /
+  1.35 as many on our corpus).  Each line's lattice is built on its own, so no word crosses two
+  lines.  A line whose lattice does not fit is cut into pieces of whole characters, and a word
+  across a cut is lost.
 * Masking: dynamic (drawn anew at each step from the loop's per-step generator, as RoBERTa) and
   always ``[MASK]`` (no 80/10/10 replacement).  No sentence-level objective.
 * A masked word unit stays in the input as ``[MASK]`` at its own span, so the model sees which
@@ -82,25 +84,45 @@ def read_pieces(paths: Sequence[str], normalize: Callable[[str], str], max_chars
     return pieces
 
 
-def pack(pieces: Sequence[str], max_chars: int) -> list[list[str]]:
-    """Consecutive pieces grouped into windows of at most ``max_chars`` characters in all."""
+PieceLattice = tuple[str, list[Unit]]  # a piece of a line and its lattice
+
+
+def piece_lattices(pieces: Sequence[str], lexicon: Lexicon, max_units: int) -> list[PieceLattice]:
+    """Each piece with its lattice; a piece whose lattice has more than ``max_units`` units is cut
+    in two at its middle character (a word across the cut is lost) until every part fits."""
+    out, todo = [], list(reversed(pieces))
+    while todo:
+        piece = todo.pop()
+        units = build_lattice(piece, lexicon)
+        if len(units) <= max_units or len(piece) == 1:
+            out.append((piece, units))
+        else:
+            half = len(piece) // 2
+            todo += [piece[half:], piece[:half]]
+    return out
+
+
+def pack(lattices: Sequence[PieceLattice], max_units: int) -> list[list[PieceLattice]]:
+    """Consecutive pieces grouped into windows of at most ``max_units`` lattice units in all."""
     windows, current, size = [], [], 0
-    for piece in pieces:
-        if current and size + len(piece) > max_chars:
+    for item in lattices:
+        if current and size + len(item[1]) > max_units:
             windows.append(current)
             current, size = [], 0
-        current.append(piece)
-        size += len(piece)
+        current.append(item)
+        size += len(item[1])
     if current:
         windows.append(current)
     return windows
 
 
-def window_example(pieces: Sequence[str], lexicon: Lexicon) -> LatticeExample:
-    """The lattice of a window: each piece's lattice, shifted to where the piece starts."""
+def window_example(pieces: Sequence[str] | Sequence[PieceLattice], lexicon: Lexicon | None = None) -> LatticeExample:
+    """The lattice of a window: each piece's lattice (given, or built with ``lexicon``), shifted to
+    where the piece starts."""
     chars, words, offset = [], [], 0
-    for piece in pieces:
-        for unit in build_lattice(piece, lexicon):
+    for item in pieces:
+        piece, lattice = (item, build_lattice(item, lexicon)) if isinstance(item, str) else item
+        for unit in lattice:
             shifted = Unit(unit.text, unit.start + offset, unit.end + offset)
             (chars if unit.start == unit.end else words).append(shifted)
         offset += len(piece)
@@ -124,20 +146,22 @@ def choose_words(pieces: Sequence[str], lexicon: Lexicon, k: int) -> list[str]:
     return ranked
 
 
-def build_examples(pieces: Sequence[str], lexicon: Lexicon, max_chars: int) -> tuple[list[LatticeExample], dict]:
-    """Every window's lattice, built once up front, and how fast that went (logged)."""
+def build_examples(pieces: Sequence[str], lexicon: Lexicon, max_units: int) -> tuple[list[LatticeExample], dict]:
+    """Every window's lattice (at most ``max_units`` units), built once up front, and how fast that
+    went (logged)."""
     start = time.perf_counter()
-    examples = [window_example(w, lexicon) for w in pack(pieces, max_chars)]
+    examples = [window_example(w) for w in pack(piece_lattices(pieces, lexicon, max_units), max_units)]
     seconds = max(time.perf_counter() - start, 1e-9)
     n_chars = sum(len(p) for p in pieces)
     n_units = sum(len(e.units) for e in examples)
     stats = {"sentences": len(pieces), "windows": len(examples), "lattice_seconds": round(seconds, 4),
              "sentences_per_second": round(len(pieces) / seconds, 1),
              "ms_per_window": round(1000 * seconds / len(examples), 3),
-             "units_per_char": round(n_units / max(n_chars, 1), 3)}
+             "units_per_char": round(n_units / max(n_chars, 1), 3),
+             "chars_per_window": round(n_chars / len(examples), 1)}
     log(f"built {len(examples)} lattices from {len(pieces)} sentences in {seconds:.2f}s "
         f"({stats['sentences_per_second']:.0f} sentences/s, {stats['ms_per_window']:.2f} ms a window); "
-        f"{stats['units_per_char']:.2f} units a character")
+        f"{stats['units_per_char']:.2f} units a character, {stats['chars_per_window']:.1f} characters a window")
     return examples, stats
 
 
@@ -264,7 +288,7 @@ def run_multigrain(corpus: Sequence[str], cfg: TrainConfig, init_model: str, lex
     normalize = char_normalizer(tokenizer)
     pieces = read_pieces(corpus, normalize, max_length - 2)
     kept = choose_words(pieces, Lexicon(normalize(w) for w in source), words)
-    examples, lattice_stats = build_examples(pieces, Lexicon(kept), max_length - 2)
+    examples, lattice_stats = build_examples(pieces, Lexicon(kept), max_units=max_length - 2)
     model = from_char_bert(bert, tokenizer.get_vocab(), {w: i for i, w in enumerate(kept)},
                            unk_token=tokenizer.unk_token)
     random.Random(cfg.seed).shuffle(examples)
