@@ -406,6 +406,36 @@ def test_a_compressed_directory_round_trips_through_save_and_load(tmp_path):
         modelio.load_model(str(out), AutoModelForSequenceClassification, num_labels=5)
 
 
+def test_a_quantized_model_with_exits_round_trips_and_predicts_with_the_same_exits(tmp_path):
+    from bertkit.compress.exit import exit_runner, new_students, train_students
+    from bertkit.classify.data import Example
+    from bertkit.distill.runner import EarlyExitRunner
+    from bertkit.training import TrainConfig
+
+    model, tokenizer = tiny_classifier()
+    quantize.quantize(model, embeddings="int8")
+    students = new_students(model, width=8)
+    runner = exit_runner(model, students, tokenizer, speed=0.99, max_length=32)
+    train = [Example(t, label="a") for _, t in synthetic_news(16, 5)]
+    before = copy.deepcopy(model.state_dict())
+    train_students(runner, train, TrainConfig(output_dir=tmp_path / "work", epochs=1, lr=1e-2, batch_size=8))
+    after = model.state_dict()  # the stage trains the students only: the compressed model is untouched
+    assert all(before[k] == after[k] if not torch.is_tensor(after[k]) else torch.equal(before[k], after[k])
+               for k in after if "_packed_params" not in k)
+    out = save_compressed(model, tokenizer, tmp_path / "exit", [{"stage": "quantize"}, {"stage": "exit"}],
+                          students=students, speed=0.99)
+    manifest = modelio.Manifest.read(out)
+    assert manifest.kind == "early-exit-classifier" and manifest.config["speed"] == 0.99
+    assert manifest.config["student"] == {"width": 8, "heads": 2}
+    loaded = EarlyExitRunner.load(str(out), max_length=32)
+    texts = [t for _, t in synthetic_news(24, 6)]
+    ours = list(runner.predict_with_exits(texts))
+    theirs = list(loaded.predict_with_exits(texts))
+    assert [layer for _, layer in ours] == [layer for _, layer in theirs]
+    assert 1 in {layer for _, layer in ours}  # some leave at layer 1 (speed 0.99): the exits are used
+    assert all(torch.allclose(a, b, atol=2e-3) for (a, _), (b, _) in zip(ours, theirs))  # students stored in float16
+
+
 def test_stages_in_the_wrong_order_are_refused(tmp_path):
     model, tokenizer = tiny_classifier()
     quantize.quantize(model, embeddings="int8")
@@ -439,14 +469,19 @@ def test_compress_end_to_end_keeps_stages_within_the_budget_and_the_result_loads
     result = cli("compress", "-m", str(finetuned), "--train", str(train), "--dev", str(dev), "-o", str(out),
                  "--rounds", "1", "--batch-size", "16", "--max-loss", "100", check=True)
     report = json.loads(result.stdout)
-    assert [r["stage"] for r in report["stages"]] == ["fine-tuned", "vocab", "factorize", "structure", "sparse", "quantize"]
-    assert report["kept"] == ["vocab", "factorize", "structure", "sparse", "quantize"]  # a budget of 100 points keeps all
+    stages = ["vocab", "factorize", "structure", "sparse", "quantize", "exit"]
+    assert [r["stage"] for r in report["stages"]] == ["fine-tuned", *stages]
+    assert report["kept"] == stages  # a budget of 100 points keeps all
     sizes = [r["size_bytes"] for r in report["stages"]]
-    assert sizes == sorted(sizes, reverse=True) and report["size_ratio"] > 3
+    assert sizes[:-1] == sorted(sizes[:-1], reverse=True) and report["size_ratio"] > 3
+    exit_row = report["stages"][-1]
+    assert sizes[-1] > sizes[-2] and exit_row["record"]["speed"] == 0.9  # students weigh something; the fastest speed
+    assert exit_row["record"]["trained"] and exit_row["record"]["student"] == {"width": 24, "heads": 2}
     assert report["stages"][3]["parameters"] < report["stages"][2]["parameters"]  # heads and neurons gone
     assert "structure" in result.stderr.decode() and not (tmp_path / "c.work").exists()
     manifest = modelio.Manifest.read(out)
     assert [s["stage"] for s in manifest.config["compression"]["stages"]] == report["kept"]
+    assert manifest.kind == "early-exit-classifier" and manifest.config["speed"] == 0.9
     scores = json.loads(cli("eval", str(dev), "-m", str(out), check=True).stdout)
     assert abs(100 * scores["accuracy"] - report["dev_accuracy_compressed"]) < 1e-6
     lines = cli("predict", "-", "-m", str(out), input="比赛\n\n股票\n".encode(), check=True).stdout.decode().splitlines()

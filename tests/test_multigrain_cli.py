@@ -17,7 +17,7 @@ from bertkit.multigrain import task as lattice_task
 from bertkit.multigrain.io import char_normalizer, load_lattice_dir
 from bertkit.multigrain.lattice import Lexicon
 from bertkit.multigrain.model import LatticeForPretraining, collate_lattices
-from bertkit.multigrain.task import pack, piece_lattices, read_pieces, window_example
+from bertkit.multigrain.task import fill_windows, read_pieces, window_example
 from conftest import cli
 
 LINES = ["我爱北京天安门。", "球队比赛冠军进球。", "股票基金银行利率市场。", "你好世界！"]
@@ -110,9 +110,8 @@ def test_long_lines_become_windows_of_whole_characters(tmp_path):
     pieces = read_pieces([str(corpus)], lambda text: text, max_chars=10)
     assert all(len(p) <= 10 for p in pieces) and "".join(pieces) == LONG * 2
     lexicon = Lexicon(["北京", "天安门", "安门"])
-    lattices = piece_lattices(["北京天", "安门", "比赛冠军进球"], lexicon, max_units=7)
-    assert [len(units) for _, units in lattices] == [4, 3, 6]  # 北京 + 3 characters, 安门 + 2, 6 characters
-    windows = pack(lattices, max_units=7)
+    windows = fill_windows(["北京天", "安门", "比赛冠军进球"], lexicon, max_units=7)
+    # 北京天 (4 units: 北京 + 3 characters) + 安门 (3) fill the first window; the third line opens the next
     assert [[piece for piece, _ in w] for w in windows] == [["北京天", "安门"], ["比赛冠军进球"]]
     example = window_example(windows[0])
     words = {(u.text, u.start, u.end) for u in example.units if u.end > u.start}
@@ -120,12 +119,15 @@ def test_long_lines_become_windows_of_whole_characters(tmp_path):
     assert example.segments == [(0, 1), (2, 2), (3, 4)]
 
 
-def test_a_piece_whose_lattice_does_not_fit_is_cut_into_whole_characters():
+def test_a_line_that_does_not_fit_is_cut_where_its_head_fills_the_window():
     lexicon = Lexicon(["北京", "天安门", "安门"])
-    lattices = piece_lattices(["北京天安门"], lexicon, max_units=6)  # 5 characters + 3 words: 8 units
-    assert [piece for piece, _ in lattices] == ["北京", "天安门"]
-    assert all(len(units) <= 6 for _, units in lattices)
-    assert {u.text for _, units in lattices for u in units if u.end > u.start} == {"北京", "天安门", "安门"}
+    windows = fill_windows(["我爱", "北京天安门"], lexicon, max_units=6)  # 北京天安门: 5 characters + 3 words
+    # the head 北京天 (3 characters + 北京) fills the window; 天安门 across the cut is lost, 安门 stays
+    assert [[piece for piece, _ in w] for w in windows] == [["我爱", "北京天"], ["安门"]]
+    assert [sum(len(units) for _, units in w) for w in windows] == [6, 3]
+    # every character kept once, in order
+    assert "".join(piece for w in windows for piece, _ in w) == "我爱北京天安门"
+    assert all(sum(len(u) for _, u in w) <= 3 for w in fill_windows(["北京天安门"], lexicon, max_units=3))
 
 
 def test_character_normalisation_follows_the_vocabulary(tiny_model):

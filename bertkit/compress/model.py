@@ -53,25 +53,40 @@ BACKBONE_CLASSES = (AutoModel, BertModel)
 # ---------------------------------------------------------------- save
 
 
-def save_compressed(model: nn.Module, tokenizer, directory: Path | str, stages: list[dict]) -> Path:
+def save_compressed(model: nn.Module, tokenizer, directory: Path | str, stages: list[dict],
+                    students: nn.ModuleList | None = None, speed: float | None = None) -> Path:
     """Write ``model`` (a BERT classifier after any of the stages) with ``tokenizer`` to
-    ``directory`` (replaced as a whole, atomically); ``stages``: the stages' records, in order."""
+    ``directory`` (replaced as a whole, atomically); ``stages``: the stages' records, in order.
+    With early-exit ``students`` (the exit stage): they go to ``students.safetensors`` (float16)
+    and the manifest says ``kind: early-exit-classifier`` with the exit ``speed``, as `bertkit
+    distill` writes its models, so `bertkit predict` / `eval` run the exits."""
     if not isinstance(model, BertForSequenceClassification):
         raise BertkitError("bertkit compresses fine-tuned BERT classifiers (BertForSequenceClassification) only")
     directory = Path(directory)
     tensors, spec = _encode(model)
     spec = {"stages": list(stages), **spec}
+    config = {"compression": spec}
+    kind = "classifier"
+    if students is not None:
+        from ..distill.runner import KIND, PART, student_shape
+
+        kind, config = KIND, {**config, "speed": speed or 0.0, "student": student_shape(students)}
+    manifest = modelio.Manifest(kind, config=config)
     with atomic_dir(directory) as tmp:
         if spec["huggingface_format"]:
             modelio.save_pretrained(model, tokenizer, tmp)
-            modelio.Manifest("classifier", config={"compression": spec}).save(tmp)
         else:
-            config = model.config.to_dict()
-            config.update(model_type=ARCHITECTURE, architectures=[type(model).__name__])
-            write_json_atomic(tmp / "config.json", config)
+            model_config = model.config.to_dict()
+            model_config.update(model_type=ARCHITECTURE, architectures=[type(model).__name__])
+            write_json_atomic(tmp / "config.json", model_config)
             tokenizer.save_pretrained(tmp)
             save_tensors(tensors, tmp / "model.safetensors")
-            modelio.Manifest("classifier", architecture=ARCHITECTURE, config={"compression": spec}).save(tmp)
+            manifest.architecture = ARCHITECTURE
+        if students is not None:
+            holder = nn.Module()
+            holder.students = students
+            modelio.save_part(holder, tmp, manifest, PART, prefix="students.", dtype=torch.float16)
+        manifest.save(tmp)
     return directory
 
 
@@ -183,7 +198,7 @@ def _spec(directory: Path) -> dict:
         factorized = {str(k): int(v) for k, v in spec.get("factorized", {}).items()}
     except (TypeError, KeyError, ValueError, AttributeError):
         raise BertkitError(f"{directory}: {modelio.MANIFEST} does not record the compressed model's shapes") from None
-    if manifest.kind != "classifier" or any(fmt not in FORMATS for fmt in embeddings.values()):
+    if manifest.kind not in ("classifier", "early-exit-classifier") or any(fmt not in FORMATS for fmt in embeddings.values()):
         raise BertkitError(f"{directory}: {modelio.MANIFEST} records a compressed model this bertkit cannot build")
     return {"heads": heads, "intermediate": widths, "int8_linear": names, "embeddings": embeddings,
             "factorized": factorized}

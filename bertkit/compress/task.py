@@ -13,7 +13,9 @@ skipped with its measured loss, and the next stage starts from the last kept mod
 Where we deviate from EdgeBERT, and why:
 - It compresses ALBERT, whose word table is factorised from the start; here ``factorize`` makes
   a trained BERT's table so (truncated SVD, :mod:`.factorize`), then distils.
-- Its adaptive attention span and its early exit are not stages here yet; its floating-point
+- Early exit (the ``exit`` stage, :mod:`.exit`) uses FastBERT's self-distilled students and its
+  entropy rule; the speed is the largest whose dev accuracy stays in the budget.
+- Its adaptive attention span is not a stage here yet; its floating-point
   quantization of ALBERT's shared weights is int8 (dynamic, with CPU kernels) for Linear layers
   and int8 or float8 storage for the embeddings (:mod:`.quantize`).
 - Its pruning is movement pruning during fine-tuning; here heads and FFN neurons go first, by
@@ -45,13 +47,15 @@ from ..core.files import atomic_entries
 from ..core.progress import log
 from ..training import TrainConfig, Trainer
 from . import quantize as quantize_stage
+from ..distill.runner import EarlyExitRunner, student_shape
+from .exit import EXIT_WIDTH, choose_exit_speed, exit_runner, new_students, train_students
 from .factorize import factorize_embeddings
 from .model import parameter_count, save_compressed, size_on_disk
 from .sparse import KeepSparse, magnitude_prune
 from .structured import distillation_objective, prune_structure
 from .vocab import prune_positions, prune_vocabulary
 
-STAGES = ("vocab", "factorize", "structure", "sparse", "quantize")  # the order they apply in
+STAGES = ("vocab", "factorize", "structure", "sparse", "quantize", "exit")  # the order they apply in
 
 
 @dataclass
@@ -63,6 +67,7 @@ class CompressOptions:
     sparsity: float = 0.5  # fraction of the remaining encoder weights zeroed (sparse)
     embeddings: str = "int8"  # 8-bit format of the embedding tables (quantize): int8 or fp8
     embedding_rank: int | None = None  # rank of the factorised word table (factorize; None: hidden / 4)
+    exit_width: int = EXIT_WIDTH  # width of the early-exit students (exit)
     importance_examples: int = 512  # training examples that score heads and neurons
     timing_examples: int = 256  # dev examples each latency is measured on
     rounds: int = 3  # timing rounds (median)
@@ -78,47 +83,88 @@ def check_stages(names: Sequence[str]) -> list[str]:
 
 
 class Candidate:
-    """A model (and tokenizer) a stage produced, with the records of the stages in it."""
+    """A model (and tokenizer) a stage produced, with the records of the stages in it and, after
+    the exit stage, its early-exit students and speed."""
 
-    def __init__(self, model: nn.Module, tokenizer, records: list[dict]):
+    def __init__(self, model: nn.Module, tokenizer, records: list[dict], students: nn.ModuleList | None = None,
+                 speed: float | None = None):
         self.model, self.tokenizer, self.records = model, tokenizer, records
+        self.students, self.speed = students, speed
 
     def classifier(self, options: CompressOptions) -> Classifier:
+        """The model alone (no exits): what the pruning stages train and score."""
         return Classifier(self.model.eval(), self.tokenizer, max_length=options.max_length)
 
+    def runner(self, options: CompressOptions) -> Classifier | EarlyExitRunner:
+        """How the candidate predicts: with its exits where it has them."""
+        if self.students is None:
+            return self.classifier(options)
+        return exit_runner(self.model.eval(), self.students, self.tokenizer, self.speed, options.max_length)
+
+    def save(self, directory: Path) -> None:
+        save_compressed(self.model, self.tokenizer, directory, self.records, students=self.students, speed=self.speed)
+
     def copy(self) -> "Candidate":
-        return Candidate(copy.deepcopy(self.model), self.tokenizer, list(self.records))
+        return Candidate(copy.deepcopy(self.model), self.tokenizer, list(self.records),
+                         copy.deepcopy(self.students), self.speed)
+
+
+@dataclass
+class StageInputs:
+    """What a stage may read: training and dev examples, the options, the distillation teacher and
+    the lowest dev accuracy (points) the budget allows."""
+
+    train: Sequence[Example]
+    dev: Sequence[Example]
+    options: CompressOptions
+    teacher: nn.Module
+    floor: float
 
 
 # ---------------------------------------------------------------- the stages
 
 
-def _vocab(c: Candidate, train: Sequence[Example], options, teacher) -> dict:
-    c.tokenizer, record = prune_vocabulary(c.model, c.tokenizer, [(ex.text, ex.text_b) if ex.text_b else ex.text for ex in train])
-    return record | prune_positions(c.model, options.max_length)
+def _vocab(c: Candidate, s: StageInputs) -> dict:
+    texts = [(ex.text, ex.text_b) if ex.text_b else ex.text for ex in s.train]
+    c.tokenizer, record = prune_vocabulary(c.model, c.tokenizer, texts)
+    return record | prune_positions(c.model, s.options.max_length)
 
 
-def _factorize(c: Candidate, train, options, teacher) -> dict:
-    record = factorize_embeddings(c.model, options.embedding_rank)
-    return record | _recover(c, train, options, teacher, "factorize")
+def _factorize(c: Candidate, s: StageInputs) -> dict:
+    record = factorize_embeddings(c.model, s.options.embedding_rank)
+    return record | _recover(c, s, "factorize")
 
 
-def _structure(c: Candidate, train, options, teacher) -> dict:
-    batches = _batches(c, train[: options.importance_examples], options, labelled=True)
-    record = prune_structure(c.model, batches, heads=options.heads, neurons=options.ffn)
-    return record | _recover(c, train, options, teacher, "structure")
+def _structure(c: Candidate, s: StageInputs) -> dict:
+    batches = _batches(c, s.train[: s.options.importance_examples], s.options, labelled=True)
+    record = prune_structure(c.model, batches, heads=s.options.heads, neurons=s.options.ffn)
+    return record | _recover(c, s, "structure")
 
 
-def _sparse(c: Candidate, train, options, teacher) -> dict:
-    record = {"stage": "sparse", **magnitude_prune(c.model, options.sparsity)}
-    return record | _recover(c, train, options, teacher, "sparse", hooks=[KeepSparse(c.model)])
+def _sparse(c: Candidate, s: StageInputs) -> dict:
+    record = {"stage": "sparse", **magnitude_prune(c.model, s.options.sparsity)}
+    return record | _recover(c, s, "sparse", hooks=[KeepSparse(c.model)])
 
 
-def _quantize(c: Candidate, train, options, teacher) -> dict:
-    return quantize_stage.quantize(c.model, embeddings=options.embeddings, linear=True)
+def _quantize(c: Candidate, s: StageInputs) -> dict:
+    return quantize_stage.quantize(c.model, embeddings=s.options.embeddings, linear=True)
 
 
-APPLY: dict[str, Callable[..., dict]] = {"vocab": _vocab, "factorize": _factorize, "structure": _structure, "sparse": _sparse, "quantize": _quantize}
+def _exit(c: Candidate, s: StageInputs) -> dict:
+    c.students = new_students(c.model, width=s.options.exit_width)
+    runner = exit_runner(c.model.eval(), c.students, c.tokenizer, 0.0, s.options.max_length)
+    cfg: TrainConfig | None = s.options.recover.get("exit")
+    if cfg is not None and s.train:
+        train_students(runner, s.train, cfg)
+    c.speed, curve = choose_exit_speed(runner, s.dev, s.floor)
+    log(f"exit: speed {c.speed:g}, the largest whose dev accuracy stays at or above {s.floor:.2f}")
+    return {"speed": c.speed, "student": student_shape(c.students), "trained": cfg is not None and bool(s.train),
+            "curve": [{k: r[k] for k in ("speed", "accuracy", "mean_exit_layer", "flops_ratio")} for r in curve]}
+
+
+APPLY: dict[str, Callable[[Candidate, StageInputs], dict]] = {
+    "vocab": _vocab, "factorize": _factorize, "structure": _structure, "sparse": _sparse, "quantize": _quantize,
+    "exit": _exit}
 
 
 def _batches(c: Candidate, examples: Sequence[Example], options: CompressOptions, labelled: bool, size: int = 32):
@@ -147,12 +193,12 @@ class RecoveryTask(ClassifyTask):
             save_compressed(model, self.classifier.tokenizer, staging / "model", self.records)
 
 
-def _recover(c: Candidate, train, options: CompressOptions, teacher: nn.Module, stage: str, hooks=()) -> dict:
-    cfg: TrainConfig | None = options.recover.get(stage)
-    if cfg is None or not train:
+def _recover(c: Candidate, s: StageInputs, stage: str, hooks=()) -> dict:
+    cfg: TrainConfig | None = s.options.recover.get(stage)
+    if cfg is None or not s.train:
         return {"recovered": False}
     c.model.train()
-    task = RecoveryTask(c.classifier(options), train, teacher, c.records)
+    task = RecoveryTask(c.classifier(s.options), s.train, s.teacher, c.records)
     log(f"{stage}: recovering by distillation from the uncompressed model ({cfg.epochs:g} epochs, lr {cfg.lr:g})")
     Trainer(task, task.examples, cfg, hooks=hooks).fit()
     c.model.eval()
@@ -165,13 +211,14 @@ def _recover(c: Candidate, train, options: CompressOptions, teacher: nn.Module, 
 def measure(c: Candidate, dev: Sequence[Example], timing: Sequence[Example], reference: Classifier | None,
             options: CompressOptions) -> dict:
     """Dev accuracy, size on disk, parameters, and latency (vs ``reference``, timed in turn)."""
-    runner = c.classifier(options)
-    accuracy = 100 * runner.evaluate(dev, source="dev")["accuracy"]
+    runner = c.runner(options)
+    accuracy = 100 * dev_accuracy(runner, dev)
     with tempfile.TemporaryDirectory() as tmp:
-        save_compressed(c.model, c.tokenizer, Path(tmp) / "m", c.records)
+        c.save(Path(tmp) / "m")
         size = size_on_disk(Path(tmp) / "m")["weights"]
-    row = {"dev_accuracy": round(accuracy, 2), "size_bytes": size, "parameters": parameter_count(c.model),
-           "nonzero_parameters": parameter_count(c.model, nonzero=True)}
+    students = parameter_count(c.students) if c.students is not None else 0
+    row = {"dev_accuracy": round(accuracy, 2), "size_bytes": size, "parameters": parameter_count(c.model) + students,
+           "nonzero_parameters": parameter_count(c.model, nonzero=True) + students}
     for batch_size in (1, 32):
         if reference is None:  # the uncompressed model itself: the ratios' denominator
             seconds = timed_pair(runner, runner, timing, batch_size, options.rounds, alone=True)
@@ -182,6 +229,13 @@ def measure(c: Candidate, dev: Sequence[Example], timing: Sequence[Example], ref
         row[f"latency_ratio_b{batch_size}"] = round(statistics.median(ratios), 3)
         row[f"latency_ratio_b{batch_size}_spread"] = [round(min(ratios), 3), round(max(ratios), 3)]
     return row
+
+
+def dev_accuracy(runner, examples: Sequence[Example]) -> float:
+    """Accuracy of any classifier runner (with exits or without) on labelled examples."""
+    check_labels(examples, runner.labels, "dev", "model's")
+    guesses = [runner.labels[int(p.argmax())] for p in runner.predict_proba(examples)]
+    return sum(g == ex.label for g, ex in zip(guesses, examples)) / max(1, len(examples))
 
 
 def timed_pair(reference: Classifier, model: Classifier, examples: Sequence[Example], batch_size: int,
@@ -226,9 +280,11 @@ def run_compress(model_path: str | None, train_path: str, dev_path: str, output_
     base = {"stage": "fine-tuned", **measure(kept, dev, timing, None, options), "kept": True}
     rows = [base]
     log(_row_line(base, base))
+    floor = base["dev_accuracy"] - options.max_loss
     for stage in stages:
         candidate = kept.copy()
-        record = {**APPLY[stage](candidate, train, options, teacher), "stage": stage}
+        inputs = StageInputs(train, dev, options, teacher, floor)
+        record = {**APPLY[stage](candidate, inputs), "stage": stage}
         candidate.records.append(record)
         row = {"stage": stage, **measure(candidate, dev, timing, full, options)}
         loss = round(base["dev_accuracy"] - row["dev_accuracy"], 2)
@@ -243,7 +299,7 @@ def run_compress(model_path: str | None, train_path: str, dev_path: str, output_
         row["record"] = record
         rows.append(row)
         log(_row_line(row, base))
-    save_compressed(kept.model, kept.tokenizer, output_dir, kept.records)
+    kept.save(output_dir)
     for cfg in options.recover.values():  # the recovery runs' checkpoints: done with
         shutil.rmtree(cfg.output_dir, ignore_errors=True)
         with contextlib.suppress(OSError):

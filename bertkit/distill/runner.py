@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 from transformers import AutoModelForSequenceClassification
 
@@ -27,11 +28,28 @@ from ..core.flops import flop_counter
 from ..core.metrics import accuracy, macro_f1
 from ..core.runner import Runner
 from ..core.textio import map_in_order
-from .model import STUDENT_HEADS, STUDENT_WIDTH, EarlyExitClassifier, ExitRule
+from .model import STUDENT_HEADS, STUDENT_WIDTH, EarlyExitClassifier, ExitRule, StudentClassifier
 
 KIND = "early-exit-classifier"
 POOL_BATCHES = 16  # batches per pool: full batches deep down, memory bounded by 16 batches' states
 PART = "students"
+
+
+def student_shape(students: nn.ModuleList) -> dict:
+    """What a directory records of its students: their width and attention heads."""
+    first = students[0]
+    return {"width": first.narrow.out_features, "heads": first.attention.num_heads}
+
+
+def _students(config, shape: dict | None, path: str) -> nn.ModuleList:
+    """Fresh students of the recorded shape (FastBERT's when a directory records none)."""
+    shape = shape or {"width": STUDENT_WIDTH, "heads": STUDENT_HEADS}
+    try:
+        width, heads = int(shape["width"]), int(shape["heads"])
+        return nn.ModuleList(StudentClassifier(config.hidden_size, config.num_labels, width, heads)
+                             for _ in range(config.num_hidden_layers - 1))
+    except (TypeError, KeyError, ValueError, AssertionError, AttributeError):
+        raise BertkitError(f"{path}: {modelio.MANIFEST} records no usable student shape: {shape!r}") from None
 
 
 class EarlyExitRunner(Runner):
@@ -56,8 +74,10 @@ class EarlyExitRunner(Runner):
             raise BertkitError(f"{path} has no early-exit students: --speed and --patience need a model from "
                                "`bertkit distill`")
         classifier = modelio.load_model(path, AutoModelForSequenceClassification, dtype=torch.float32)
-        model = EarlyExitClassifier(classifier)
-        modelio.load_part(model, Path(path), manifest, PART, prefix="students.")
+        holder = nn.Module()  # the students alone: a compressed backbone's int8 layers have no tensor state
+        holder.students = _students(classifier.config, manifest.config.get("student"), path)
+        modelio.load_part(holder, Path(path), manifest, PART, prefix="students.")
+        model = EarlyExitClassifier(classifier, students=holder.students)
         if speed is None and patience is None:
             speed, patience = manifest.config.get("speed", 0.0), manifest.config.get("patience")
             speed = None if patience is not None else speed
@@ -68,7 +88,7 @@ class EarlyExitRunner(Runner):
         modelio.save_pretrained(self.model.classifier, self.tokenizer, directory, dtype=dtype)
         old = modelio.Manifest.read(Path(directory)) if (Path(directory) / modelio.MANIFEST).exists() else None
         kept = old.config if old is not None and old.kind == KIND else {}
-        config = {"speed": 0.0, **kept, "student": {"width": STUDENT_WIDTH, "heads": STUDENT_HEADS}, **defaults}
+        config = {"speed": 0.0, **kept, "student": student_shape(self.model.students), **defaults}
         manifest = modelio.Manifest(KIND, config=config)
         modelio.save_part(self.model, directory, manifest, PART, prefix="students.", dtype=dtype)
         manifest.save(directory)

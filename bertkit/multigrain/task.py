@@ -20,8 +20,8 @@ Where we deviate from the paper, as far as we know it (the model's own deviation
   pretrain`` packs ``max_length`` tokens (RoBERTa's FULL-SENTENCES), so both arms of a comparison
   pay for the same sequence length per step; a window then holds fewer characters (about 1 /
   1.35 as many on our corpus).  Each line's lattice is built on its own, so no word crosses two
-  lines.  A line whose lattice does not fit is cut into pieces of whole characters, and a word
-  across a cut is lost.
+  lines.  A line that does not fit in what is left of a window is cut in whole characters (the
+  head fills the window, the tail opens the next), and a word across a cut is lost.
 * Masking: dynamic (drawn anew at each step from the loop's per-step generator, as RoBERTa) and
   always ``[MASK]`` (no 80/10/10 replacement).  No sentence-level objective.
 * A masked word unit stays in the input as ``[MASK]`` at its own span, so the model sees which
@@ -87,33 +87,44 @@ def read_pieces(paths: Sequence[str], normalize: Callable[[str], str], max_chars
 PieceLattice = tuple[str, list[Unit]]  # a piece of a line and its lattice
 
 
-def piece_lattices(pieces: Sequence[str], lexicon: Lexicon, max_units: int) -> list[PieceLattice]:
-    """Each piece with its lattice; a piece whose lattice has more than ``max_units`` units is cut
-    in two at its middle character (a word across the cut is lost) until every part fits."""
-    out, todo = [], list(reversed(pieces))
+def fill_windows(pieces: Sequence[str], lexicon: Lexicon, max_units: int) -> list[list[PieceLattice]]:
+    """Consecutive pieces, each with its lattice, packed into windows of at most ``max_units``
+    lattice units, each window filled: a piece that does not fit in what is left of a window is cut
+    (in whole characters) where its head's lattice fills the window, and its tail opens the next
+    window (a word across the cut is lost), as ``bertkit pretrain`` cuts a line mid-line."""
+    if max_units < 1:
+        raise ValueError(f"max_units must be at least 1, not {max_units}")
+    windows, current, room = [], [], max_units
+    todo = list(reversed(pieces))
     while todo:
         piece = todo.pop()
         units = build_lattice(piece, lexicon)
-        if len(units) <= max_units or len(piece) == 1:
-            out.append((piece, units))
-        else:
-            half = len(piece) // 2
-            todo += [piece[half:], piece[:half]]
-    return out
-
-
-def pack(lattices: Sequence[PieceLattice], max_units: int) -> list[list[PieceLattice]]:
-    """Consecutive pieces grouped into windows of at most ``max_units`` lattice units in all."""
-    windows, current, size = [], [], 0
-    for item in lattices:
-        if current and size + len(item[1]) > max_units:
-            windows.append(current)
-            current, size = [], 0
-        current.append(item)
-        size += len(item[1])
+        if len(units) <= room:
+            current.append((piece, units))
+            room -= len(units)
+            continue
+        cut = _longest_head(piece, lexicon, room)
+        if cut:
+            current.append((piece[:cut], build_lattice(piece[:cut], lexicon)))
+        todo.append(piece[cut:])
+        windows.append(current)
+        current, room = [], max_units
     if current:
         windows.append(current)
     return windows
+
+
+def _longest_head(piece: str, lexicon: Lexicon, room: int) -> int:
+    """The most characters of ``piece`` whose lattice has at most ``room`` units (a prefix's
+    lattice only grows with the prefix, so bisect)."""
+    fits, too_long = 0, len(piece)
+    while too_long - fits > 1:
+        middle = (fits + too_long) // 2
+        if len(build_lattice(piece[:middle], lexicon)) <= room:
+            fits = middle
+        else:
+            too_long = middle
+    return fits
 
 
 def window_example(pieces: Sequence[str] | Sequence[PieceLattice], lexicon: Lexicon | None = None) -> LatticeExample:
@@ -150,7 +161,7 @@ def build_examples(pieces: Sequence[str], lexicon: Lexicon, max_units: int) -> t
     """Every window's lattice (at most ``max_units`` units), built once up front, and how fast that
     went (logged)."""
     start = time.perf_counter()
-    examples = [window_example(w) for w in pack(piece_lattices(pieces, lexicon, max_units), max_units)]
+    examples = [window_example(w) for w in fill_windows(pieces, lexicon, max_units)]
     seconds = max(time.perf_counter() - start, 1e-9)
     n_chars = sum(len(p) for p in pieces)
     n_units = sum(len(e.units) for e in examples)
