@@ -11,7 +11,8 @@ Each model is fine-tuned and compressed by the real CLI (`bertkit train`, `bertk
 --max-loss 1.0`); the test split chose nothing.  Per row: size ratio (the fine-tuned model's fp32
 model.safetensors / the compressed model's weights on disk), latency ratio at batch 1 and 32 on
 the test texts (the two models timed in turn over --rounds rounds, median and spread), test
-accuracy of both, and the per-stage table `bertkit compress` printed (dev figures).
+accuracy of both, and the per-stage table `bertkit compress` printed (dev figures).  With the exit
+stage kept, the compressed model predicts with its early exits at the speed chosen on dev.
 
     python examples/benchmarks/compress.py [--rows zh,en] [--threads 2] [--rounds 3] [--out runs/compress]
 
@@ -31,6 +32,7 @@ from _common import ROOT, bertkit, minilm, split_halves
 
 from bertkit.classify.data import load_labelled  # noqa: E402
 from bertkit.classify.runner import Classifier  # noqa: E402
+from bertkit.cli.classify import load_runner  # noqa: E402
 from bertkit.compress.model import size_on_disk  # noqa: E402
 from bertkit.compress.task import timed_pair  # noqa: E402
 from bertkit.core import modelio  # noqa: E402
@@ -60,7 +62,8 @@ def run_row(name: str, out: Path, threads: int, rounds: int) -> dict:
         report_file.write_text(report, encoding="utf-8")
     report = json.loads(report_file.read_text(encoding="utf-8"))
     test_set = load_labelled(str(test))
-    full, small = Classifier.load(str(finetuned)), Classifier.load(str(compressed))
+    full = Classifier.load(str(finetuned))
+    small = load_runner(str(compressed), None, None, max_length=128, batch_size=64)  # with its exits, if kept
     acc_full = 100 * full.evaluate(test_set)["accuracy"]
     acc_small = 100 * small.evaluate(test_set)["accuracy"]
     sizes = [(finetuned / "model.safetensors").stat().st_size, size_on_disk(compressed)["weights"]]  # not the checkpoints
@@ -71,7 +74,9 @@ def run_row(name: str, out: Path, threads: int, rounds: int) -> dict:
         ratios = [f / c for f, c in zip(seconds["reference"], seconds["model"])]
         row[f"latency_ratio_b{batch_size}"] = round(statistics.median(ratios), 3)
         row[f"latency_ratio_b{batch_size}_spread"] = [round(min(ratios), 3), round(max(ratios), 3)]
-    row |= {"kept": report["kept"], "stages": report["stages"], "model": Path(model).name,
+    exits = [r["record"] for r in report["stages"] if r["stage"] == "exit" and r["kept"]]
+    row |= {"exit_speed": exits[0]["speed"] if exits else None, "kept": report["kept"], "stages": report["stages"],
+            "model": Path(model).name,
             "data": [train.name, dev.name, test.name], "n_test": len(test_set)}
     print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'stages'})}", file=sys.stderr, flush=True)
     return row

@@ -21,7 +21,7 @@ one command reproduces the whole):
 4. score on each task's test split (chose nothing): accuracy (classification) or strict entity F1
    (NER), x 100.
 
-    python examples/benchmarks/multigrain.py [--steps 300] [--seeds 42,1,2] [--jobs 2] [--threads 1]
+    python examples/benchmarks/multigrain.py [--steps 600] [--seeds 42,1,2] [--jobs 2] [--threads 1]
 
 Last stdout line: {"tasks": {"thucnews": {"char": {"mean", "spread", "runs"}, "lattice": {...},
 "gain"}, ...}, "avg_gain": lattice minus char (points, mean over the four tasks),
@@ -112,7 +112,7 @@ def summary(values: list[float]) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=300, help="pretraining steps per arm (about 25 minutes at 1 thread)")
+    parser.add_argument("--steps", type=int, default=600, help="pretraining steps per arm (about 20 minutes at 1 thread)")
     parser.add_argument("--words", type=int, default=20000, help="lattice arm's word vocabulary")
     parser.add_argument("--pretrain-lr", default="1e-4", help="both arms: a continued pretraining, gentler than 5e-4")
     parser.add_argument("--seeds", default="42,1,2")
