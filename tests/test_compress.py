@@ -506,6 +506,7 @@ def test_a_stage_over_the_budget_is_reported_skipped_with_its_loss(finetuned, ne
     (["--max-loss", "-1"], "--max-loss must be 0 or more"),
     (["--stages", "vocab,prune"], "no compression stage 'prune'"),
     (["--embeddings", "int4"], "--embeddings must be int8 or fp8"),
+    (["--exit-width", "25"], "--exit-width must be even"),
 ])
 def test_bad_compress_options_are_one_error_line(finetuned, news_data, tmp_path, args, message):
     from conftest import cli
@@ -536,10 +537,10 @@ def test_recovery_distils_from_a_teacher_that_reads_the_pruned_vocabulary(finetu
 
     seen = []
 
-    def spy(c, train, options, teacher, stage, hooks=()):
-        batch = next(compress_task._batches(c, train[:8], options, labelled=False))
+    def spy(c, inputs, stage, hooks=()):
+        batch = next(compress_task._batches(c, inputs.train[:8], inputs.options, labelled=False))
         with torch.no_grad():
-            seen.append(torch.allclose(teacher(**batch).logits, c.model.eval()(**batch).logits, atol=1e-5))
+            seen.append(torch.allclose(inputs.teacher(**batch).logits, c.model.eval()(**batch).logits, atol=1e-5))
         return {"recovered": False}
 
     monkeypatch.setattr(compress_task, "_recover", spy)
