@@ -27,8 +27,8 @@ from torch import nn
 from ..classify.data import Example
 from ..core.progress import log
 from ..distill.curve import DEFAULT_SPEEDS, exit_curve
-from ..distill.model import EarlyExitClassifier, ExitRule, StudentClassifier
-from ..distill.runner import EarlyExitRunner
+from ..distill.model import EarlyExitClassifier, ExitRule
+from ..distill.runner import EarlyExitRunner, make_students
 from ..distill.task import DistillTask
 from ..training import TrainConfig, Trainer
 
@@ -61,9 +61,7 @@ class ExitTask(DistillTask):
 
 
 def new_students(model: nn.Module, width: int = EXIT_WIDTH, heads: int = EXIT_HEADS) -> nn.ModuleList:
-    config = model.config
-    return nn.ModuleList(StudentClassifier(config.hidden_size, config.num_labels, width, heads)
-                         for _ in range(config.num_hidden_layers - 1))
+    return make_students(model.config, width, heads)
 
 
 def train_students(runner: EarlyExitRunner, train: Sequence[Example], cfg: TrainConfig) -> None:

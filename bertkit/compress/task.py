@@ -43,6 +43,7 @@ from ..classify.runner import Classifier
 from ..classify.task import ClassifyTask
 from ..core import modelio
 from ..core.errors import BertkitError
+from ..core.metrics import accuracy
 from ..core.files import atomic_entries
 from ..core.progress import log
 from ..training import TrainConfig, Trainer
@@ -212,12 +213,12 @@ def measure(c: Candidate, dev: Sequence[Example], timing: Sequence[Example], ref
             options: CompressOptions) -> dict:
     """Dev accuracy, size on disk, parameters, and latency (vs ``reference``, timed in turn)."""
     runner = c.runner(options)
-    accuracy = 100 * dev_accuracy(runner, dev)
+    dev_points = 100 * dev_accuracy(runner, dev)
     with tempfile.TemporaryDirectory() as tmp:
         c.save(Path(tmp) / "m")
         size = size_on_disk(Path(tmp) / "m")["weights"]
     students = parameter_count(c.students) if c.students is not None else 0
-    row = {"dev_accuracy": round(accuracy, 2), "size_bytes": size, "parameters": parameter_count(c.model) + students,
+    row = {"dev_accuracy": round(dev_points, 2), "size_bytes": size, "parameters": parameter_count(c.model) + students,
            "nonzero_parameters": parameter_count(c.model, nonzero=True) + students}
     for batch_size in (1, 32):
         if reference is None:  # the uncompressed model itself: the ratios' denominator
@@ -235,7 +236,7 @@ def dev_accuracy(runner, examples: Sequence[Example]) -> float:
     """Accuracy of any classifier runner (with exits or without) on labelled examples."""
     check_labels(examples, runner.labels, "dev", "model's")
     guesses = [runner.labels[int(p.argmax())] for p in runner.predict_proba(examples)]
-    return sum(g == ex.label for g, ex in zip(guesses, examples)) / max(1, len(examples))
+    return accuracy([ex.label for ex in examples], guesses)
 
 
 def timed_pair(reference: Classifier, model: Classifier, examples: Sequence[Example], batch_size: int,

@@ -41,13 +41,17 @@ def student_shape(students: nn.ModuleList) -> dict:
     return {"width": first.narrow.out_features, "heads": first.attention.num_heads}
 
 
+def make_students(config, width: int = STUDENT_WIDTH, heads: int = STUDENT_HEADS) -> nn.ModuleList:
+    """Fresh students, one after each layer but the last, for a classifier of ``config``."""
+    return nn.ModuleList(StudentClassifier(config.hidden_size, config.num_labels, width, heads)
+                         for _ in range(config.num_hidden_layers - 1))
+
+
 def _students(config, shape: dict | None, path: str) -> nn.ModuleList:
     """Fresh students of the recorded shape (FastBERT's when a directory records none)."""
     shape = shape or {"width": STUDENT_WIDTH, "heads": STUDENT_HEADS}
     try:
-        width, heads = int(shape["width"]), int(shape["heads"])
-        return nn.ModuleList(StudentClassifier(config.hidden_size, config.num_labels, width, heads)
-                             for _ in range(config.num_hidden_layers - 1))
+        return make_students(config, int(shape["width"]), int(shape["heads"]))
     except (TypeError, KeyError, ValueError, AssertionError, AttributeError):
         raise BertkitError(f"{path}: {modelio.MANIFEST} records no usable student shape: {shape!r}") from None
 
