@@ -436,6 +436,17 @@ def test_a_quantized_model_with_exits_round_trips_and_predicts_with_the_same_exi
     assert all(torch.allclose(a, b, atol=2e-3) for (a, _), (b, _) in zip(ours, theirs))  # students stored in float16
 
 
+def test_the_exit_speed_stops_at_the_first_speed_that_fails_the_budget(monkeypatch):
+    from bertkit.compress import exit as exit_stage
+
+    curve = {0.0: 90.0, 0.2: 89.8, 0.4: 89.5, 0.6: 88.9, 0.8: 89.6, 0.9: 89.2}  # 0.6 fails a floor of 89.0
+    monkeypatch.setattr(exit_stage, "exit_curve", lambda runner, dev, speeds, rounds, source: [
+        {"speed": s, "accuracy": curve[s]} for s in reversed(speeds)])  # any order: the rule sorts
+    assert exit_stage.choose_exit_speed(None, [], 89.0, speeds=list(curve))[0] == 0.4  # not 0.9, past the failure
+    assert exit_stage.choose_exit_speed(None, [], 88.0, speeds=list(curve))[0] == 0.9
+    assert exit_stage.choose_exit_speed(None, [], 95.0, speeds=list(curve))[0] == 0.0  # nobody leaves early
+
+
 def test_stages_in_the_wrong_order_are_refused(tmp_path):
     model, tokenizer = tiny_classifier()
     quantize.quantize(model, embeddings="int8")
