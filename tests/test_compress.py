@@ -343,6 +343,32 @@ def test_factorized_embeddings_are_the_tables_best_low_rank_approximation():
         factorize.factorize_embeddings(tiny_classifier()[0], rank=HIDDEN)
 
 
+def test_weighted_factorization_minimises_the_error_of_the_rows_the_task_reads():
+    model, tokenizer = tiny_classifier()
+    table = model.bert.embeddings.word_embeddings.weight.detach().clone()
+    texts = [SPORT[:10], (SPORT[5:9], FILLER[:4])]
+    counts = factorize.row_counts(tokenizer, texts, table.shape[0])
+    ids = tokenizer(SPORT[:10], add_special_tokens=False)["input_ids"] + tokenizer(SPORT[5:9], add_special_tokens=False)["input_ids"]
+    first = ids[0]
+    assert counts[first] == 1 + ids.count(first)
+    assert counts[tokenizer.cls_token_id] == 1 + 2 and counts[tokenizer.sep_token_id] == 1 + 3  # the pair has 2 [SEP]
+    assert counts[tokenizer.unk_token_id] == 1 + ids.count(tokenizer.unk_token_id)  # unseen rows weigh 1
+    weights = counts ** 2  # sharper than counts, so that the tiny table's two answers differ clearly
+    plain = factorize.FactorizedEmbedding.from_embedding(nn.Embedding.from_pretrained(table), 4).weight.detach()
+    record = factorize.factorize_embeddings(model, rank=4, row_weights=weights)
+    ours = model.bert.embeddings.word_embeddings.weight.detach()
+
+    def weighted_error(approx):
+        return float((weights * (approx - table).pow(2).sum(1)).sum())
+
+    s = torch.linalg.svdvals(table * weights.sqrt()[:, None])
+    assert weighted_error(ours) == pytest.approx(float(s[4:].pow(2).sum()), rel=1e-3)  # the weighted optimum
+    assert weighted_error(ours) < 0.9 * weighted_error(plain)
+    assert record["row_weights"] == "token counts + 1"
+    with pytest.raises(ValueError, match="positive numbers, one per row"):
+        factorize.factorize_embeddings(tiny_classifier()[0], rank=4, row_weights=torch.zeros(table.shape[0]))
+
+
 def test_a_factorized_and_quantized_directory_round_trips(tmp_path):
     model, tokenizer = tiny_classifier()
     records = [factorize.factorize_embeddings(model, rank=8), quantize.quantize(model, embeddings="int8")]

@@ -12,7 +12,8 @@ skipped with its measured loss, and the next stage starts from the last kept mod
 
 Where we deviate from EdgeBERT, and why:
 - It compresses ALBERT, whose word table is factorised from the start; here ``factorize`` makes
-  a trained BERT's table so (truncated SVD, :mod:`.factorize`), then distils.
+  a trained BERT's table so (truncated SVD, rows weighted by their counts in the training texts,
+  :mod:`.factorize`), then distils.
 - Early exit (the ``exit`` stage, :mod:`.exit`) uses FastBERT's self-distilled students and its
   entropy rule; the speed is the largest whose dev accuracy stays in the budget.
 - Its adaptive attention span is not a stage here yet; its floating-point
@@ -50,7 +51,7 @@ from ..training import TrainConfig, Trainer
 from . import quantize as quantize_stage
 from ..distill.runner import EarlyExitRunner, student_shape
 from .exit import EXIT_WIDTH, choose_exit_speed, exit_runner, new_students, train_students
-from .factorize import factorize_embeddings
+from .factorize import factorize_embeddings, row_counts
 from .model import parameter_count, save_compressed, size_on_disk
 from .sparse import KeepSparse, magnitude_prune
 from .structured import distillation_objective, prune_structure
@@ -125,14 +126,18 @@ class StageInputs:
 # ---------------------------------------------------------------- the stages
 
 
+def _texts(examples: Sequence[Example]) -> list[str | tuple[str, str]]:
+    return [(ex.text, ex.text_b) if ex.text_b else ex.text for ex in examples]
+
+
 def _vocab(c: Candidate, s: StageInputs) -> dict:
-    texts = [(ex.text, ex.text_b) if ex.text_b else ex.text for ex in s.train]
-    c.tokenizer, record = prune_vocabulary(c.model, c.tokenizer, texts)
+    c.tokenizer, record = prune_vocabulary(c.model, c.tokenizer, _texts(s.train))
     return record | prune_positions(c.model, s.options.max_length)
 
 
 def _factorize(c: Candidate, s: StageInputs) -> dict:
-    record = factorize_embeddings(c.model, s.options.embedding_rank)
+    counts = row_counts(c.tokenizer, _texts(s.train), c.model.get_input_embeddings().num_embeddings)
+    record = factorize_embeddings(c.model, s.options.embedding_rank, row_weights=counts)
     return record | _recover(c, s, "factorize")
 
 

@@ -45,7 +45,7 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str | tuple[str, str]], m
         raise BertkitError("prune the vocabulary before quantizing the embeddings")
     if table.num_embeddings != len(vocab):
         raise BertkitError(f"the model has {table.num_embeddings} embedding rows for a vocabulary of {len(vocab)} tokens")
-    ids = _token_ids(tokenizer, texts)
+    ids = token_ids(tokenizer, texts)
     new_tokenizer, keep = prune_vocab(ids, tokenizer, min_count=min_count)
     new_tokenizer.model_max_length = tokenizer.model_max_length
     shrink_embeddings(model, keep)
@@ -55,7 +55,7 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str | tuple[str, str]], m
     return new_tokenizer, {"stage": "vocab", "kept": len(keep), "of": len(vocab), "min_count": min_count}
 
 
-def _token_ids(tokenizer, texts, chunk: int = 1024) -> Iterator[list[int]]:
+def token_ids(tokenizer, texts, chunk: int = 1024) -> Iterator[list[int]]:
     """Each text's token ids (a pair's two texts one after the other), tokenized in chunks."""
     batch: list[str] = []
     for text in texts:
