@@ -539,11 +539,33 @@ def test_a_stage_over_the_budget_is_reported_skipped_with_its_loss(finetuned, ne
     assert modelio.Manifest.read(out).config["compression"]["stages"] == []  # the uncompressed model, saved as is
 
 
+def test_compress_min_count_keeps_only_the_tokens_used_that_often(finetuned, news_data, tmp_path):
+    import collections
+
+    from transformers import AutoTokenizer
+
+    from bertkit.classify.data import load_labelled
+    from conftest import cli
+
+    train, dev = news_data
+    report = json.loads(cli("compress", "-m", str(finetuned), "--train", str(train), "--dev", str(dev), "-o",
+                            str(tmp_path / "c"), "--stages", "vocab", "--min-count", "20", "--max-loss", "100",
+                            "--rounds", "1", check=True).stdout)
+    record = report["stages"][1]["record"]
+    tokenizer = AutoTokenizer.from_pretrained(str(finetuned))
+    counts = collections.Counter(i for ex in load_labelled(str(train))
+                                 for i in tokenizer(ex.text, add_special_tokens=False)["input_ids"])
+    often = {i for i, n in counts.items() if n >= 20 and tokenizer.convert_ids_to_tokens(i) not in SPECIAL_TOKENS}
+    assert record["min_count"] == 20 and record["kept"] == len(SPECIAL_TOKENS) + len(often)
+    assert len(often) < len(counts)  # some tokens were rarer than that: the option did something
+
+
 @pytest.mark.parametrize("args, message", [
     (["--max-loss", "-1"], "--max-loss must be 0 or more"),
     (["--stages", "vocab,prune"], "no compression stage 'prune'"),
     (["--embeddings", "int4"], "--embeddings must be int8 or fp8"),
     (["--exit-width", "25"], "--exit-width must be even"),
+    (["--min-count", "0"], "--min-count"),
 ])
 def test_bad_compress_options_are_one_error_line(finetuned, news_data, tmp_path, args, message):
     from conftest import cli

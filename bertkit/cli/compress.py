@@ -22,6 +22,7 @@ def compress(
     ffn: Annotated[float, typer.Option(min=0.0, max=0.95, help="structure: fraction of the FFN neurons removed.")] = 0.5,
     sparsity: Annotated[float, typer.Option(min=0.0, max=0.99, help="sparse: fraction of the remaining encoder weights zeroed.")] = 0.5,
     embeddings: Annotated[str, typer.Option(help="quantize: storage of the embedding tables, int8 or fp8.")] = "int8",
+    min_count: Annotated[int, typer.Option(min=1, help="vocab: keep the tokens the training texts use at least this often (TextPruner keeps those used at all: 1); the others read as [UNK].")] = 1,
     embedding_rank: Annotated[Optional[int], typer.Option(min=1, help="factorize: rank E of the word table (default: a quarter of the hidden size).")] = None,
     exit_width: Annotated[int, typer.Option(min=2, help="exit: width of the students (even; FastBERT's is 128 for BERT-base, ours is small to keep the model small).")] = 24,
     student_lr: Annotated[float, typer.Option(help="exit: the students' peak learning rate (they start from scratch).")] = 1e-3,
@@ -58,7 +59,7 @@ def compress(
     recover["exit"] = dataclasses.replace(cfg, output_dir=work / "exit", overwrite=True, resume=False, lr=student_lr,
                                           epochs=student_epochs)
     options = CompressOptions(max_loss=max_loss, stages=chosen, heads=heads, ffn=ffn, sparsity=sparsity,
-                              embeddings=embeddings, embedding_rank=embedding_rank, exit_width=exit_width, rounds=rounds, max_length=max_length, recover=recover)
+                              embeddings=embeddings, min_count=min_count, embedding_rank=embedding_rank, exit_width=exit_width, rounds=rounds, max_length=max_length, recover=recover)
     print_json(run_compress(path, train_file, dev, Path(output_dir), options))
 
 

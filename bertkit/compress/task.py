@@ -68,6 +68,7 @@ class CompressOptions:
     ffn: float = 0.5  # fraction of FFN neurons removed (structure)
     sparsity: float = 0.5  # fraction of the remaining encoder weights zeroed (sparse)
     embeddings: str = "int8"  # 8-bit format of the embedding tables (quantize): int8 or fp8
+    min_count: int = 1  # vocab: a token is kept when the training texts use it this many times
     embedding_rank: int | None = None  # rank of the factorised word table (factorize; None: hidden / 4)
     exit_width: int = EXIT_WIDTH  # width of the early-exit students (exit)
     importance_examples: int = 512  # training examples that score heads and neurons
@@ -131,7 +132,7 @@ def _texts(examples: Sequence[Example]) -> list[str | tuple[str, str]]:
 
 
 def _vocab(c: Candidate, s: StageInputs) -> dict:
-    c.tokenizer, record = prune_vocabulary(c.model, c.tokenizer, _texts(s.train))
+    c.tokenizer, record = prune_vocabulary(c.model, c.tokenizer, _texts(s.train), min_count=s.options.min_count)
     return record | prune_positions(c.model, s.options.max_length)
 
 
