@@ -164,7 +164,7 @@ def _exit(c: Candidate, s: StageInputs) -> dict:
     if cfg is not None and s.train:
         train_students(runner, s.train, cfg)
     c.speed, curve = choose_exit_speed(runner, s.dev, s.floor)
-    log(f"exit: speed {c.speed:g}, the largest whose dev accuracy stays at or above {s.floor:.2f}")
+    log(f"exit: speed {c.speed:g}, the largest that, with every gentler speed, keeps dev accuracy at or above {s.floor:.2f}")
     return {"speed": c.speed, "student": student_shape(c.students), "trained": cfg is not None and bool(s.train),
             "curve": [{k: r[k] for k in ("speed", "accuracy", "mean_exit_layer", "flops_ratio")} for r in curve]}
 
