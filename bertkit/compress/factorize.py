@@ -63,16 +63,23 @@ class FactorizedEmbedding(nn.Module):
                        row_weights: torch.Tensor | None = None) -> "FactorizedEmbedding":
         """The best rank-``rank`` approximation of ``embedding`` (truncated SVD), each row's error
         weighted by ``row_weights`` (positive, one per row; None: all 1)."""
+        return cls._from_svd(embedding, rank, row_weights)[0]
+
+    @classmethod
+    def _from_svd(cls, embedding: nn.Embedding, rank: int, row_weights: torch.Tensor | None):
+        """:meth:`from_embedding`, and the share of the weighted table's energy (squared singular
+        values) the rank keeps."""
         v, h = embedding.weight.shape
         if not 1 <= rank < min(v, h):
             raise BertkitError(f"--embedding-rank must be between 1 and {min(v, h) - 1}, not {rank}")
-        scale = _row_scale(row_weights, v)
-        u, s, vt = torch.linalg.svd(embedding.weight.detach().to(torch.float32) * scale[:, None], full_matrices=False)
+        weight = embedding.weight.detach().to(torch.float32)
+        scale = _row_scale(row_weights, v).to(weight.device)
+        u, s, vt = torch.linalg.svd(weight * scale[:, None], full_matrices=False)
         new = cls(v, rank, h, padding_idx=embedding.padding_idx).to(embedding.weight.device)
         with torch.no_grad():
             new.table.weight.copy_(u[:, :rank] * s[:rank] / scale[:, None])
             new.project.weight.copy_(vt[:rank].T)
-        return new
+        return new, float((s[:rank] ** 2).sum() / (s**2).sum())
 
 
 def _row_scale(row_weights: torch.Tensor | None, rows: int) -> torch.Tensor:
@@ -95,23 +102,20 @@ def factorize_embeddings(model: nn.Module, rank: int | None = None, row_weights:
     if not isinstance(table, nn.Embedding):
         raise BertkitError("factorise the word embeddings once, before quantizing them")
     rank = rank or table.embedding_dim // 4
-    new = FactorizedEmbedding.from_embedding(table, rank, row_weights)
-    weighted = table.weight.detach().to(torch.float32) * _row_scale(row_weights, table.num_embeddings)[:, None]
-    s = torch.linalg.svdvals(weighted)
+    new, energy = FactorizedEmbedding._from_svd(table, rank, row_weights)
     embeddings.word_embeddings = new
     return {"stage": "factorize", "rank": rank, "hidden": table.embedding_dim, "rows": table.num_embeddings,
             "row_weights": "none" if row_weights is None else "token counts + 1",
-            "energy_kept": round(float((s[:rank] ** 2).sum() / (s**2).sum()), 4)}
+            "energy_kept": round(energy, 4)}
 
 
 def row_counts(tokenizer, texts: Iterable[str | tuple[str, str]], rows: int) -> torch.Tensor:
     """How often each of ``rows`` token ids occurs in ``texts`` as the model reads them ([CLS],
     [SEP] included), plus one, so that no row weighs 0: the row weights for
     :func:`factorize_embeddings`."""
-    counts = torch.ones(rows)
     texts = list(texts)
-    for ids in token_ids(tokenizer, texts):
-        counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=len(counts))[: len(counts)]
+    ids = torch.tensor([i for text in token_ids(tokenizer, texts) for i in text], dtype=torch.long)
+    counts = 1 + torch.bincount(ids[ids < rows], minlength=rows).to(torch.float32)
     pairs = sum(not isinstance(t, str) for t in texts)
     counts[tokenizer.cls_token_id] += len(texts)
     counts[tokenizer.sep_token_id] += len(texts) + pairs
