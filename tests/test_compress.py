@@ -351,6 +351,8 @@ def test_weighted_factorization_minimises_the_error_of_the_rows_the_task_reads()
     ids = tokenizer(SPORT[:10], add_special_tokens=False)["input_ids"] + tokenizer(SPORT[5:9], add_special_tokens=False)["input_ids"]
     first = ids[0]
     assert counts[first] == 1 + ids.count(first)
+    second = tokenizer(FILLER[:4], add_special_tokens=False)["input_ids"]  # the pair's second text counts too
+    assert counts[second[0]] == 1 + ids.count(second[0]) + second.count(second[0])
     assert counts[tokenizer.cls_token_id] == 1 + 2 and counts[tokenizer.sep_token_id] == 1 + 3  # the pair has 2 [SEP]
     assert counts[tokenizer.unk_token_id] == 1 + ids.count(tokenizer.unk_token_id)  # unseen rows weigh 1
     weights = counts ** 2  # sharper than counts, so that the tiny table's two answers differ clearly
@@ -565,7 +567,7 @@ def test_compress_min_count_keeps_only_the_tokens_used_that_often(finetuned, new
     (["--stages", "vocab,prune"], "no compression stage 'prune'"),
     (["--embeddings", "int4"], "--embeddings must be int8 or fp8"),
     (["--exit-width", "25"], "--exit-width must be even"),
-    (["--min-count", "0"], "--min-count"),
+    (["--min-count", "0"], "Invalid value for '--min-count'"),
 ])
 def test_bad_compress_options_are_one_error_line(finetuned, news_data, tmp_path, args, message):
     from conftest import cli

@@ -110,12 +110,16 @@ def factorize_embeddings(model: nn.Module, rank: int | None = None, row_weights:
 
 
 def row_counts(tokenizer, texts: Iterable[str | tuple[str, str]], rows: int) -> torch.Tensor:
-    """How often each of ``rows`` token ids occurs in ``texts`` as the model reads them ([CLS],
-    [SEP] included), plus one, so that no row weighs 0: the row weights for
-    :func:`factorize_embeddings`."""
+    """How often each of ``rows`` token ids occurs in ``texts``, plus one, so that no row weighs 0:
+    the row weights for :func:`factorize_embeddings`.  [CLS] and [SEP] count as a text without
+    windows reads them (a long text split into windows reads them once more a window: they
+    dominate the counts either way)."""
     texts = list(texts)
     ids = torch.tensor([i for text in token_ids(tokenizer, texts) for i in text], dtype=torch.long)
     counts = 1 + torch.bincount(ids[ids < rows], minlength=rows).to(torch.float32)
+    specials = (tokenizer.cls_token_id, tokenizer.sep_token_id)
+    if any(i is None or not 0 <= i < rows for i in specials):
+        raise BertkitError("the tokenizer's [CLS] and [SEP] are not rows of the table: not a BERT WordPiece vocabulary")
     pairs = sum(not isinstance(t, str) for t in texts)
     counts[tokenizer.cls_token_id] += len(texts)
     counts[tokenizer.sep_token_id] += len(texts) + pairs

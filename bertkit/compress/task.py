@@ -15,7 +15,7 @@ Where we deviate from EdgeBERT, and why:
   a trained BERT's table so (truncated SVD, rows weighted by their counts in the training texts,
   :mod:`.factorize`), then distils.
 - Early exit (the ``exit`` stage, :mod:`.exit`) uses FastBERT's self-distilled students and its
-  entropy rule; the speed is the largest whose dev accuracy stays in the budget.
+  entropy rule; the speed is the largest that, with every gentler speed, stays in the budget.
 - Its adaptive attention span is not a stage here yet; its floating-point
   quantization of ALBERT's shared weights is int8 (dynamic, with CPU kernels) for Linear layers
   and int8 or float8 storage for the embeddings (:mod:`.quantize`).
@@ -137,7 +137,8 @@ def _vocab(c: Candidate, s: StageInputs) -> dict:
 
 
 def _factorize(c: Candidate, s: StageInputs) -> dict:
-    counts = row_counts(c.tokenizer, _texts(s.train), c.model.get_input_embeddings().num_embeddings)
+    texts = _texts(s.train)
+    counts = row_counts(c.tokenizer, texts, c.model.get_input_embeddings().num_embeddings) if texts else None
     record = factorize_embeddings(c.model, s.options.embedding_rank, row_weights=counts)
     return record | _recover(c, s, "factorize")
 

@@ -85,8 +85,11 @@ def thucnews_split(out: Path) -> dict:
 
 
 def sample_sentences(source: Path, target: Path, count: int) -> Path:
-    """`count` sentences of a CoNLL file (seed 0), in their original order."""
-    if not target.exists():
+    """`count` sentences of a CoNLL file (seed 0), in their original order (made again when the
+    file is older than its source)."""
+    if count < 1:
+        raise SystemExit(f"error: --pd-sentences must be 1 or more, not {count}")
+    if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
         sentences = [s for s in source.read_text(encoding="utf-8").split("\n\n") if s.strip()]
         keep = sorted(random.Random(0).sample(range(len(sentences)), min(count, len(sentences))))
         target.write_text("\n\n".join(sentences[i].strip("\n") for i in keep) + "\n", encoding="utf-8")
