@@ -32,6 +32,12 @@ def test_missing_partial_and_corrupt_dirs(tmp_path, tiny_model):
     (corrupt / "config.json").write_text("{not json")
     with pytest.raises(BertkitError, match="not valid JSON"):
         modelio.resolve_model(str(corrupt))
+    lattice_like = tmp_path / "lattice_like"  # no config.json and a manifest that does not parse
+    lattice_like.mkdir()
+    (lattice_like / "lattice_config.json").write_text("{}")
+    (lattice_like / "bertkit.json").write_text("{not json")
+    with pytest.raises(BertkitError, match="bertkit.json is corrupt"):
+        modelio.resolve_model(str(lattice_like))
     truncated = tmp_path / "truncated"
     shutil.copytree(tiny_model, truncated)
     data = (truncated / "model.safetensors").read_bytes()

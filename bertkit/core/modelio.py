@@ -151,13 +151,16 @@ def _check_weights_and_tokenizer(path: Path) -> None:
 
 def _own_layout(path: Path) -> str | None:
     """The :data:`OWN_LAYOUTS` architecture ``path``'s manifest names, else None (also for a
-    corrupt manifest: the checks of a config.json directory report that as before)."""
+    corrupt manifest beside a config.json: the checks of a config.json directory report that as
+    before; without a config.json the corrupt manifest is the news, not the missing config)."""
     if not (path / MANIFEST).exists():
         return None
     try:
         architecture = Manifest.read(path).architecture
     except BertkitError:
-        return None
+        if (path / "config.json").exists():
+            return None
+        raise
     return architecture if architecture in OWN_LAYOUTS else None
 
 
