@@ -16,9 +16,9 @@ much as [CLS] and the common words.  With one weight per row the weighted proble
 exact solution, the truncated SVD of diag(sqrt w) E, rows scaled back after (the row-wise case of
 FWSVD, Hsu et al., ICLR 2022, "Language model compression with weighted low-rank factorization",
 which weighs rows by their Fisher information; a table row's Fisher information is a sum over the
-row's occurrences, so its count is the cheap proxy).  On all-MiniLM-L6-v2 fine-tuned on AG News,
-vocabulary pruned, rank 96, before any recovery: dev-half accuracy 85.6 unweighted, 87.4 weighted
-by count (88.8 unfactorised).
+row's occurrences, so its count is the cheap proxy).  A one-off check (session 13, not a shipped
+benchmark): all-MiniLM-L6-v2 fine-tuned on AG News, vocabulary pruned, rank 96, before any
+recovery, first dev half: accuracy 85.6 unweighted, 87.4 weighted by count (88.8 unfactorised).
 
 Where we deviate, and why:
 - ALBERT trains the factorised table from scratch during pretraining; here it starts from the
