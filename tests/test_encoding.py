@@ -2,7 +2,7 @@
 
 from transformers import AutoTokenizer
 
-from bertkit.core.encoding import TextEncoder
+from bertkit.core.encoding import TextEncoder, longest_first
 
 
 def test_encode_stream_matches_encode_text_by_text(tiny_model):
@@ -14,3 +14,15 @@ def test_encode_stream_matches_encode_text_by_text(tiny_model):
     assert len(expected[1]) > 1 and one_by_one.truncated_pairs == 1  # the cases above are what they claim
     assert list(encoder.encode_stream(items, chunk=4)) == expected  # 4: chunks split the list and its pairs
     assert encoder.truncated_pairs == 1
+
+
+def test_longest_first_matches_the_trimming_loop():
+    def by_loop(a: int, b: int, budget: int) -> tuple[int, int]:
+        while a + b > budget:
+            a, b = (a - 1, b) if a >= b else (a, b - 1)
+        return a, b
+
+    for budget in range(5, 30):
+        for a in range(0, 40):
+            for b in range(0, 40):
+                assert longest_first(a, b, budget) == by_loop(a, b, budget), (a, b, budget)

@@ -68,11 +68,8 @@ class TextEncoder:
         budget = self.max_length - 3
         if len(a) + len(b) > budget:
             self.truncated_pairs += 1
-            while len(a) + len(b) > budget:
-                if len(a) >= len(b):
-                    a = a[:-1]
-                else:
-                    b = b[:-1]
+            keep_a, keep_b = longest_first(len(a), len(b), budget)
+            a, b = a[:keep_a], b[:keep_b]
         ids = [self.cls, *a, self.sep, *b, self.sep]
         return [TokenWindow(ids, [0] * (len(a) + 2) + [1] * (len(b) + 1))]
 
@@ -86,3 +83,14 @@ class TextEncoder:
             mask.append([1] * len(w.input_ids) + [0] * pad)
         return {"input_ids": torch.tensor(ids), "token_type_ids": torch.tensor(types),
                 "attention_mask": torch.tensor(mask)}
+
+
+def longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
+    """How much of a pair longest-first truncation keeps: the longer side loses its last item
+    until the two fit in ``budget`` (``a`` on a tie), in closed form (the loop is quadratic)."""
+    if len_a + len_b <= budget:
+        return len_a, len_b
+    short = min(len_a, len_b)
+    if budget - short >= short:  # the longer side alone is cut, down to what the shorter leaves
+        return (budget - len_b, len_b) if len_a >= len_b else (len_a, budget - len_a)
+    return budget // 2, budget - budget // 2  # both cut to halves, a the smaller on an odd budget

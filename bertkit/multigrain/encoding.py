@@ -29,6 +29,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
+from ..core.encoding import longest_first
 from ..core.errors import BertkitError
 from .io import char_normalizer
 from .lattice import Lexicon, Unit, build_lattice
@@ -99,8 +100,8 @@ class LatticeEncoder(LatticeInputs):
         budget = self.max_length - 3
         if len(a) + len(b) > budget:
             self.truncated_pairs += 1
-            while len(a) + len(b) > budget:
-                a, b = (a[:-1], b) if len(a) >= len(b) else (a, b[:-1])
+            keep_a, keep_b = longest_first(len(a), len(b), budget)
+            a, b = a[:keep_a], b[:keep_b]
         first, offset = self.lattice(a), len(a) + 1
         second = [Unit(u.text, u.start + offset, u.end + offset) for u in self.lattice(b)]
         chars = [u for u in first if u.start == u.end] + [Unit("[SEP]", len(a), len(a))]
