@@ -78,12 +78,30 @@ def run_row(name: str, out: Path, threads: int, rounds: int) -> dict:
         ratios = [f / c for f, c in zip(seconds["reference"], seconds["model"])]
         row[f"latency_ratio_b{batch_size}"] = round(statistics.median(ratios), 3)
         row[f"latency_ratio_b{batch_size}_spread"] = [round(min(ratios), 3), round(max(ratios), 3)]
+    row["attention_share"] = {f"b{b}": {"full": attention_share(full, test_set[:TIMING], b),
+                                         "compressed": attention_share(small, test_set[:TIMING], b)} for b in (1, 32)}
     exits = [r["record"] for r in report["stages"] if r["stage"] == "exit" and r["kept"]]
     row |= {"exit_speed": exits[0]["speed"] if exits else None, "kept": report["kept"], "stages": report["stages"],
             "model": Path(model).name,
             "data": [train.name, dev.name, test.name], "n_test": len(test_set)}
     print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'stages'})}", file=sys.stderr, flush=True)
     return row
+
+
+def attention_share(runner, examples, batch_size: int) -> float:
+    """The fraction of the CPU time ``runner`` spends predicting ``examples`` inside the attention
+    product itself (softmax(QK^T)V, ``aten::scaled_dot_product_attention``), profiled: all that
+    EdgeBERT's adaptive attention span could save, whose shorter spans shrink that product only."""
+    from torch.profiler import profile
+
+    runner.batch_size = batch_size
+    list(runner.predict_proba(examples[: 2 * batch_size]))  # warm-up
+    with profile() as prof:
+        list(runner.predict_proba(examples))
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    inside = sum(e.cpu_time_total for e in events if e.key == "aten::scaled_dot_product_attention")
+    return round(inside / total, 3)
 
 
 def main():
