@@ -12,7 +12,8 @@ Each model is fine-tuned and compressed by the real CLI (`bertkit train`, `bertk
 --max-loss 1.0`); the test split chose nothing (except that en's scoring half, seen in an earlier
 run, prompted the exit stage's speed rule: README).  Per row: size ratio (the fine-tuned model's fp32
 model.safetensors / the compressed model's weights on disk), latency ratio at batch 1 and 32 on
-the test texts (the two models timed in turn over --rounds rounds, median and spread), test
+the test texts (the two models timed in turn over --rounds rounds, median and spread; batch 1 also
+on one thread, its own labelled row), the share of CPU time spent in attention, test
 accuracy of both, and the per-stage table `bertkit compress` printed (dev figures).  With the exit
 stage kept, the compressed model predicts with its early exits at the speed chosen on dev.
 
@@ -74,10 +75,12 @@ def run_row(name: str, out: Path, threads: int, rounds: int) -> dict:
     row = {"size_ratio": round(sizes[0] / sizes[1], 2), "size_mb": [round(b / 1e6, 2) for b in sizes],
            "acc_full": round(acc_full, 2), "acc_compressed": round(acc_small, 2), "acc_loss": round(acc_full - acc_small, 2)}
     for batch_size in (1, 32):
-        seconds = timed_pair(full, small, test_set[:TIMING], batch_size, rounds)
-        ratios = [f / c for f, c in zip(seconds["reference"], seconds["model"])]
-        row[f"latency_ratio_b{batch_size}"] = round(statistics.median(ratios), 3)
-        row[f"latency_ratio_b{batch_size}_spread"] = [round(min(ratios), 3), round(max(ratios), 3)]
+        row[f"latency_ratio_b{batch_size}"], row[f"latency_ratio_b{batch_size}_spread"] = latency_ratio(
+            full, small, test_set[:TIMING], batch_size, rounds)
+    torch.set_num_threads(1)  # a labelled extra row: batch 1 on one thread, where the float model has no second core to use
+    row["latency_ratio_b1_1thread"], row["latency_ratio_b1_1thread_spread"] = latency_ratio(
+        full, small, test_set[:TIMING], 1, rounds)
+    torch.set_num_threads(threads)
     row["attention_share"] = {f"b{b}": {"full": attention_share(full, test_set[:TIMING], b),
                                          "compressed": attention_share(small, test_set[:TIMING], b)} for b in (1, 32)}
     exits = [r["record"] for r in report["stages"] if r["stage"] == "exit" and r["kept"]]
@@ -86,6 +89,13 @@ def run_row(name: str, out: Path, threads: int, rounds: int) -> dict:
             "data": [train.name, dev.name, test.name], "n_test": len(test_set)}
     print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'stages'})}", file=sys.stderr, flush=True)
     return row
+
+
+def latency_ratio(full, small, examples, batch_size: int, rounds: int) -> tuple[float, list[float]]:
+    """Full over compressed seconds, the two timed in turn each round: median and [min, max]."""
+    seconds = timed_pair(full, small, examples, batch_size, rounds)
+    ratios = [f / c for f, c in zip(seconds["reference"], seconds["model"])]
+    return round(statistics.median(ratios), 3), [round(min(ratios), 3), round(max(ratios), 3)]
 
 
 def attention_share(runner, examples, batch_size: int) -> float:
