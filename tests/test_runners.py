@@ -57,17 +57,3 @@ def test_classifier_and_corrector_evaluate_in_memory(tiny_model, news_data):
     result = corrector.evaluate(pairs, tune=True)
     assert result["n"] == 2 and result["candidates"] == "all" and result["threshold"] == corrector.threshold
     assert {"det_f1", "cor_f1", "fpr"} <= set(result)
-
-
-def test_a_max_length_beyond_the_models_positions_gives_windows_of_its_positions_and_says_so(tiny_model, capsys):
-    tokenizer = modelio.load_tokenizer(str(tiny_model))
-    net = BertForSequenceClassification.from_pretrained(
-        tiny_model, num_labels=2, id2label={0: "finance", 1: "sports"}, label2id={"finance": 0, "sports": 1},
-        max_position_embeddings=16, ignore_mismatched_sizes=True).eval()
-    runner = Classifier(net, tokenizer, max_length=64)
-    assert "exceeds the model's 16 positions" in capsys.readouterr().err
-    windows = runner.encoder.encode(SPORT[0] * 40)
-    assert len(windows) > 1 and max(len(w.input_ids) for w in windows) == 16
-    assert len(list(runner.predict_proba(["比赛" * 30]))) == 1  # the text still gets one answer
-    Classifier(net, tokenizer, max_length=16)
-    assert "exceeds" not in capsys.readouterr().err

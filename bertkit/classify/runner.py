@@ -13,7 +13,7 @@ from ..core import modelio
 from ..core.device import module_device
 from ..core.encoding import TextEncoder, TokenWindow
 from ..core.metrics import accuracy, macro_f1
-from ..core.runner import Runner, window_length
+from ..core.runner import Runner
 from ..core.textio import map_in_order
 from .data import Example, as_example, check_labels
 from .model import load_classifier
@@ -24,7 +24,7 @@ class Classifier(Runner):
 
     def __init__(self, model, tokenizer, max_length: int = 128, batch_size: int = 64):
         self.model, self.tokenizer = model, tokenizer
-        size = window_length(max_length, model.config.max_position_embeddings)
+        size = min(max_length, model.config.max_position_embeddings)
         make = getattr(model, "text_encoder", None)  # a model that builds its own inputs (Lattice-BERT: lattices)
         self.encoder = make(tokenizer, size) if make is not None else TextEncoder(tokenizer, size)
         self.batch_size = batch_size

@@ -20,8 +20,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from .progress import log
-
 
 class Runner(ABC):
     model: Any
@@ -35,12 +33,3 @@ class Runner(ABC):
     @abstractmethod
     def evaluate(self, data, **options) -> dict[str, Any]:
         """Scores on labelled ``data``: the dict the CLI prints as one JSON line."""
-
-
-def window_length(max_length: int, positions: int) -> int:
-    """The tokens a window may hold: ``max_length``, or the model's ``positions`` if fewer (a
-    compressed model keeps only the positions it was compressed for), said once on stderr; long
-    texts are still split into windows, never cut."""
-    if max_length > positions:
-        log(f"note: --max-length {max_length} exceeds the model's {positions} positions: windows of {positions}")
-    return min(max_length, positions)

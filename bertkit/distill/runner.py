@@ -26,7 +26,7 @@ from ..core.encoding import TextEncoder, TokenWindow
 from ..core.errors import BertkitError
 from ..core.flops import flop_counter
 from ..core.metrics import accuracy, macro_f1
-from ..core.runner import Runner, window_length
+from ..core.runner import Runner
 from ..core.textio import map_in_order
 from .model import STUDENT_HEADS, STUDENT_WIDTH, EarlyExitClassifier, ExitRule, StudentClassifier
 
@@ -63,7 +63,7 @@ class EarlyExitRunner(Runner):
                  rule: ExitRule | None = None):
         self.model, self.tokenizer = model.eval(), tokenizer
         config = model.classifier.config
-        self.encoder = TextEncoder(tokenizer, window_length(max_length, config.max_position_embeddings))
+        self.encoder = TextEncoder(tokenizer, min(max_length, config.max_position_embeddings))
         self.batch_size = batch_size
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.rule = rule or ExitRule(speed=0.0)  # speed 0: nobody leaves early (the full model)

@@ -15,7 +15,7 @@ from ..core import modelio
 from ..core.chars import CharEncoder, CharVocab, windows
 from ..core.device import module_device
 from ..core.errors import BertkitError
-from ..core.runner import Runner, window_length
+from ..core.runner import Runner
 from ..core.textio import map_in_order
 from .data import Sentence, entity_scores
 from .model import Entity, Transitions, scheme_of, tags_to_spans
@@ -31,7 +31,7 @@ class NerTagger(Runner):
         self.chars = CharVocab(tokenizer)
         make = getattr(model, "char_encoder", None)  # a model that builds its own inputs (Lattice-BERT: lattices)
         self.encoder = make(tokenizer) if make is not None else CharEncoder(self.chars)
-        self.window = window_length(max_length, model.config.max_position_embeddings) - 2
+        self.window = min(max_length, model.config.max_position_embeddings) - 2
         if self.window < 4:
             raise BertkitError("--max-length must be at least 6 for NER")
         self.batch_size = batch_size
