@@ -248,3 +248,14 @@ def test_word_counts_and_top_words(four):
     for k, expected in [(0, []), (1, ["研究"]), (2, ["研究", "研究生"]), (3, ["研究", "研究生", "生活"]), (9, FOUR)]:
         assert top_words(counts, k) == Lexicon.from_words(expected)
         assert top_words(reordered, k) == top_words(counts, k)
+
+
+def test_the_shipped_lattice_model_loads_by_name_in_float32_with_its_words():
+    from bertkit.multigrain.io import load_lattice_dir
+    from bertkit.multigrain.lattice import build_lattice
+
+    bundle = load_lattice_dir("bertkit-zh-lattice-mini")  # data/models/, stored float16
+    assert all(p.dtype == torch.float32 for p in bundle.model.parameters())
+    assert len(bundle.words) == bundle.model.config.word_vocab_size == 20000
+    words = {u.text for u in build_lattice("研究生活很充实", bundle.lexicon) if u.end > u.start}
+    assert {"研究", "研究生", "生活", "充实"} <= words
