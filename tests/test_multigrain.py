@@ -250,7 +250,7 @@ def test_word_counts_and_top_words(four):
         assert top_words(reordered, k) == top_words(counts, k)
 
 
-def test_the_shipped_lattice_model_loads_by_name_in_float32_with_its_words():
+def test_the_shipped_lattice_model_loads_by_name_in_float32_with_its_words_and_fine_tuning_rate():
     from bertkit.multigrain.io import load_lattice_dir
     from bertkit.multigrain.lattice import build_lattice
 
@@ -259,3 +259,7 @@ def test_the_shipped_lattice_model_loads_by_name_in_float32_with_its_words():
     assert len(bundle.words) == bundle.model.config.word_vocab_size == 20000
     words = {u.text for u in build_lattice("研究生活很充实", bundle.lexicon) if u.end > u.start}
     assert {"研究", "研究生", "生活", "充实"} <= words
+    from bertkit.core import modelio
+
+    path = modelio.resolve_model("bertkit-zh-lattice-mini", layouts=modelio.TASK_LAYOUTS)  # as bertkit train does
+    assert modelio.fine_tune_lr(path, "classify")[0] == modelio.fine_tune_lr(path, "ner")[0] == 5e-4  # as benchmarked

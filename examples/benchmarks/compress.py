@@ -78,10 +78,12 @@ def run_row(name: str, out: Path, threads: int, rounds: int) -> dict:
     for batch_size in (1, 32):
         row[f"latency_ratio_b{batch_size}"], row[f"latency_ratio_b{batch_size}_spread"] = latency_ratio(
             full, small, test_set[:TIMING], batch_size, rounds)
-    torch.set_num_threads(1)  # a labelled extra row: batch 1 on one thread, where the float model has no second core to use
-    row["latency_ratio_b1_1thread"], row["latency_ratio_b1_1thread_spread"] = latency_ratio(
-        full, small, test_set[:TIMING], 1, rounds)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # a labelled extra column: batch 1 on one thread, where the float model has no second core to use
+    try:
+        row["latency_ratio_b1_1thread"], row["latency_ratio_b1_1thread_spread"] = latency_ratio(
+            full, small, test_set[:TIMING], 1, rounds)
+    finally:
+        torch.set_num_threads(threads)
     row["attention_share"] = {f"b{b}": {"full": attention_share(full, test_set[:TIMING], b),
                                          "compressed": attention_share(small, test_set[:TIMING], b)} for b in (1, 32)}
     exits = [r["record"] for r in report["stages"] if r["stage"] == "exit" and r["kept"]]
@@ -101,7 +103,8 @@ def latency_ratio(full, small, examples, batch_size: int, rounds: int) -> tuple[
 
 def attention_share(runner, examples, batch_size: int) -> float:
     """The fraction of the CPU time ``runner`` spends predicting ``examples`` inside the attention
-    product itself (softmax(QK^T)V, ``aten::scaled_dot_product_attention``), profiled: all that
+    product itself (softmax(QK^T)V, ``aten::scaled_dot_product_attention``) out of its profiled torch
+    operations (Python and tokenizer time left out, so an upper bound): all that
     EdgeBERT's adaptive attention span could save, whose shorter spans shrink that product only."""
     from torch.profiler import profile
 
