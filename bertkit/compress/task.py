@@ -233,9 +233,7 @@ def measure(c: Candidate, dev: Sequence[Example], timing: Sequence[Example], ref
         else:
             seconds = timed_pair(reference, runner, timing, batch_size, options.rounds)
         row[f"latency_ms_b{batch_size}"] = round(1000 * statistics.median(seconds["model"]) / len(timing) * batch_size, 3)
-        ratios = [r / m for r, m in zip(seconds["reference"], seconds["model"])]
-        row[f"latency_ratio_b{batch_size}"] = round(statistics.median(ratios), 3)
-        row[f"latency_ratio_b{batch_size}_spread"] = [round(min(ratios), 3), round(max(ratios), 3)]
+        row[f"latency_ratio_b{batch_size}"], row[f"latency_ratio_b{batch_size}_spread"] = speedup(seconds)
     return row
 
 
@@ -244,6 +242,12 @@ def dev_accuracy(runner, examples: Sequence[Example]) -> float:
     check_labels(examples, runner.labels, "dev", "model's")
     guesses = [runner.labels[int(p.argmax())] for p in runner.predict_proba(examples)]
     return accuracy([ex.label for ex in examples], guesses)
+
+
+def speedup(seconds: dict[str, list[float]]) -> tuple[float, list[float]]:
+    """Reference over model seconds, round by round (:func:`timed_pair`): median and [min, max]."""
+    ratios = [r / m for r, m in zip(seconds["reference"], seconds["model"])]
+    return round(statistics.median(ratios), 3), [round(min(ratios), 3), round(max(ratios), 3)]
 
 
 def timed_pair(reference: Classifier, model: Classifier, examples: Sequence[Example], batch_size: int,

@@ -14,7 +14,7 @@ run, prompted the exit stage's speed rule and the try of 2 recovery epochs, whic
 README).  Per row: size ratio (the fine-tuned model's fp32
 model.safetensors / the compressed model's weights on disk), latency ratio at batch 1 and 32 on
 the test texts (the two models timed in turn over --rounds rounds, median and spread; batch 1 also
-on one thread, its own labelled row), the share of CPU time spent in attention, test
+on one thread, its own labelled column), the share of profiled torch-op time spent in attention, test
 accuracy of both, and the per-stage table `bertkit compress` printed (dev figures).  With the exit
 stage kept, the compressed model predicts with its early exits at the speed chosen on dev.
 
@@ -27,7 +27,6 @@ Last stdout line: {"rows": {"zh": {"size_ratio", "latency_ratio_b1", "latency_ra
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from bertkit.classify.data import load_labelled  # noqa: E402
 from bertkit.classify.runner import Classifier  # noqa: E402
 from bertkit.cli.classify import load_runner  # noqa: E402
 from bertkit.compress.model import size_on_disk  # noqa: E402
-from bertkit.compress.task import timed_pair  # noqa: E402
+from bertkit.compress.task import speedup, timed_pair  # noqa: E402
 from bertkit.core import modelio  # noqa: E402
 
 CLS = modelio.shared_data() / "cls"
@@ -96,13 +95,11 @@ def run_row(name: str, out: Path, threads: int, rounds: int) -> dict:
 
 def latency_ratio(full, small, examples, batch_size: int, rounds: int) -> tuple[float, list[float]]:
     """Full over compressed seconds, the two timed in turn each round: median and [min, max]."""
-    seconds = timed_pair(full, small, examples, batch_size, rounds)
-    ratios = [f / c for f, c in zip(seconds["reference"], seconds["model"])]
-    return round(statistics.median(ratios), 3), [round(min(ratios), 3), round(max(ratios), 3)]
+    return speedup(timed_pair(full, small, examples, batch_size, rounds))
 
 
 def attention_share(runner, examples, batch_size: int) -> float:
-    """The fraction of the CPU time ``runner`` spends predicting ``examples`` inside the attention
+    """The fraction of the time ``runner`` spends predicting ``examples`` inside the attention
     product itself (softmax(QK^T)V, ``aten::scaled_dot_product_attention``) out of its profiled torch
     operations (Python and tokenizer time left out, so an upper bound): all that
     EdgeBERT's adaptive attention span could save, whose shorter spans shrink that product only."""
