@@ -2,7 +2,8 @@
 tokenizer ids and embedding rows consistent; heads and FFN neurons are really removed (shapes,
 exact parameter counts, FLOPs) and the pruned model computes what the gated unpruned one does;
 importance finds a dead head; magnitude pruning and the bitmask storage are exact; 8-bit weights
-stay close to float32 and shrink the files; a compressed directory round-trips bit for bit."""
+stay close to float32 and shrink the files; the lean inference forward computes what transformers'
+does, bit for bit; a compressed directory round-trips bit for bit."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch import nn
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-from bertkit.compress import factorize, quantize, sparse, structured, vocab
+from bertkit.compress import factorize, inference, quantize, sparse, structured, vocab
 from bertkit.compress.model import ARCHITECTURE, load_compressed, parameter_count, save_compressed, size_on_disk
 from bertkit.core import modelio
 from bertkit.core.errors import BertkitError
@@ -384,6 +385,59 @@ def test_a_factorized_and_quantized_directory_round_trips(tmp_path):
     loaded, _ = load_compressed(out)
     for batch in batches(tokenizer):
         assert torch.equal(logits(loaded, batch), logits(model, batch))
+
+
+# ---------------------------------------------------------------- the inference forward
+
+
+def _compressed_tiny(int8: bool):
+    """The tiny classifier with heads and neurons pruned and the word table factorised; ``int8``:
+    int8 Linear layers and 8-bit tables too."""
+    model, tokenizer = tiny_classifier()
+    structured.prune_structure(model, batches(tokenizer), heads=0.25, neurons=0.5)
+    factorize.factorize_embeddings(model, rank=8)
+    if int8:
+        quantize.quantize(model, embeddings="int8")
+    return model.eval(), tokenizer
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_the_inference_forward_computes_what_transformers_computes_bit_for_bit(int8):
+    model, tokenizer = _compressed_tiny(int8)
+    lean = inference.for_inference(copy.deepcopy(model))
+    layers = lean.bert.encoder.layer
+    assert all(isinstance(layer, inference.CompressedLayer) for layer in layers)
+    assert isinstance(lean.bert.embeddings, inference.CompressedEmbeddings)
+    heads = structured.layer_shapes(model)["heads"]
+    stacked = [layer.qkv.weight() if int8 else layer.qkv.weight for layer in layers]
+    assert [w.shape[0] for w in stacked] == [3 * h * HEAD for h in heads]  # query, key and value in one product
+    assert parameter_count(lean) == parameter_count(model)
+    for batch in batches(tokenizer):  # padded batches: the mask reaches the attention
+        assert torch.equal(logits(lean, batch), logits(model, batch))
+        with torch.inference_mode():
+            ours = lean.bert(**inputs(batch), output_hidden_states=True).hidden_states
+            theirs = model.bert(**inputs(batch), output_hidden_states=True).hidden_states
+        assert len(ours) == LAYERS + 1 and all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_stacked_int8_products_equal_the_separate_ones_exactly():
+    torch.manual_seed(0)
+    parts = [nn.Linear(32, n) for n in (8, 16, 8)]
+    holder = nn.Sequential(*parts)
+    quantize.quantize_linears(holder)
+    x = torch.randn(3, 7, 32) * 3
+    stacked = inference.stack_linears(list(holder))
+    with torch.inference_mode():
+        assert torch.equal(stacked(x), torch.cat([m(x) for m in holder], -1))
+        assert torch.equal(inference.kernel(stacked)(x), stacked(x))
+
+
+def test_a_model_loaded_for_inference_is_not_saved_again(tmp_path):
+    model, tokenizer = _compressed_tiny(int8=True)
+    loaded, _ = load_compressed(save_compressed(model, tokenizer, tmp_path / "c", []))
+    assert inference.is_for_inference(loaded)
+    with pytest.raises(BertkitError, match="not saved again"):
+        save_compressed(loaded, tokenizer, tmp_path / "again", [])
 
 
 # ---------------------------------------------------------------- the directory

@@ -78,6 +78,16 @@ def test_batched_exit_matches_one_at_a_time(rule, batch_size):
         assert torch.allclose(p1[0], probs[i], atol=1e-5)
 
 
+@pytest.mark.parametrize("rule", [ExitRule(speed=0.3), ExitRule(speed=0.7), ExitRule(patience=2)])
+def test_the_one_sample_rule_decides_as_the_batched_rule(rule):
+    torch.manual_seed(0)
+    probs = torch.cat([(torch.randn(200, 3) * 3).softmax(-1), torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])])
+    streaks = torch.randint(0, 4, (len(probs),))
+    batched = rule.leaves(probs, streaks).tolist()
+    assert 0 < sum(batched) < len(batched)  # both decisions occur
+    assert [rule.leaves_one(p.tolist(), int(s)) for p, s in zip(probs, streaks)] == batched
+
+
 def test_distillation_loss_is_kl_student_to_teacher():
     s, t = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0]])
     ps, pt = s.softmax(-1)[0], t.softmax(-1)[0]

@@ -6,7 +6,8 @@ applied to a copy of the model the previous kept stages left, recovered where it
 (structured and unstructured pruning: distillation from the uncompressed model, Hinton et al.
 2015, over the training texts, EdgeBERT's and TextPruner's way of winning accuracy back), then
 measured on dev (accuracy), on disk (the directory it would save) and on the clock (batch 1 and
-32, timed in turn with the uncompressed model over ``rounds`` rounds, median).  A stage whose dev
+32, as the saved directory would load: a compressed-architecture one with the inference forward of
+:mod:`.inference`; timed in turn with the uncompressed model over ``rounds`` rounds, median).  A stage whose dev
 accuracy falls more than ``max_loss`` points below the uncompressed model's is reported as
 skipped with its measured loss, and the next stage starts from the last kept model.
 
@@ -52,7 +53,8 @@ from . import quantize as quantize_stage
 from ..distill.runner import EarlyExitRunner, student_shape
 from .exit import EXIT_WIDTH, choose_exit_speed, exit_runner, new_students, train_students
 from .factorize import factorize_embeddings, row_counts
-from .model import parameter_count, save_compressed, size_on_disk
+from .inference import for_inference
+from .model import ARCHITECTURE, parameter_count, save_compressed, size_on_disk
 from .sparse import KeepSparse, magnitude_prune
 from .structured import distillation_objective, prune_structure
 from .vocab import prune_positions, prune_vocabulary
@@ -110,6 +112,14 @@ class Candidate:
     def copy(self) -> "Candidate":
         return Candidate(copy.deepcopy(self.model), self.tokenizer, list(self.records),
                          copy.deepcopy(self.students), self.speed)
+
+    def as_loaded(self, directory: Path) -> "Candidate":
+        """The candidate as it runs once loaded from ``directory`` (where :meth:`save` wrote it):
+        a compressed-architecture directory loads with the inference forward (.inference), a
+        Hugging Face one (vocabulary pruning alone) with transformers' own."""
+        if modelio.Manifest.read(directory).architecture != ARCHITECTURE:
+            return self
+        return Candidate(for_inference(copy.deepcopy(self.model)), self.tokenizer, self.records, self.students, self.speed)
 
 
 @dataclass
@@ -219,11 +229,11 @@ def _recover(c: Candidate, s: StageInputs, stage: str, hooks=()) -> dict:
 def measure(c: Candidate, dev: Sequence[Example], timing: Sequence[Example], reference: Classifier | None,
             options: CompressOptions) -> dict:
     """Dev accuracy, size on disk, parameters, and latency (vs ``reference``, timed in turn)."""
-    runner = c.runner(options)
-    dev_points = 100 * dev_accuracy(runner, dev)
+    dev_points = 100 * dev_accuracy(c.runner(options), dev)
     with tempfile.TemporaryDirectory() as tmp:
         c.save(Path(tmp) / "m")
         size = size_on_disk(Path(tmp) / "m")["weights"]
+        runner = c.as_loaded(Path(tmp) / "m").runner(options)  # timed as `bertkit predict` would run it
     students = parameter_count(c.students) if c.students is not None else 0
     row = {"dev_accuracy": round(dev_points, 2), "size_bytes": size, "parameters": parameter_count(c.model) + students,
            "nonzero_parameters": parameter_count(c.model, nonzero=True) + students}

@@ -14,7 +14,9 @@ run, prompted the exit stage's speed rule and the try of 2 recovery epochs, whic
 README).  Per row: size ratio (the fine-tuned model's fp32
 model.safetensors / the compressed model's weights on disk), latency ratio at batch 1 and 32 on
 the test texts (the two models timed in turn over --rounds rounds, median and spread; batch 1 also
-on one thread, its own labelled column), the share of profiled torch-op time spent in attention, test
+on one thread, its own labelled column; and, labelled ``_same_forward``, against the fine-tuned
+model run through the same inference forward the compressed directory loads with, which
+transformers' forward of the fine-tuned model lacks), the share of profiled torch-op time spent in attention, test
 accuracy of both, and the per-stage table `bertkit compress` printed (dev figures).  With the exit
 stage kept, the compressed model predicts with its early exits at the speed chosen on dev.
 
@@ -26,6 +28,7 @@ Last stdout line: {"rows": {"zh": {"size_ratio", "latency_ratio_b1", "latency_ra
 """
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -36,6 +39,7 @@ from _common import ROOT, bertkit, minilm, split_halves
 from bertkit.classify.data import load_labelled  # noqa: E402
 from bertkit.classify.runner import Classifier  # noqa: E402
 from bertkit.cli.classify import load_runner  # noqa: E402
+from bertkit.compress.inference import for_inference  # noqa: E402
 from bertkit.compress.model import size_on_disk  # noqa: E402
 from bertkit.compress.task import speedup, timed_pair  # noqa: E402
 from bertkit.core import modelio  # noqa: E402
@@ -77,6 +81,12 @@ def run_row(name: str, out: Path, threads: int, rounds: int) -> dict:
     for batch_size in (1, 32):
         row[f"latency_ratio_b{batch_size}"], row[f"latency_ratio_b{batch_size}_spread"] = latency_ratio(
             full, small, test_set[:TIMING], batch_size, rounds)
+    # a labelled column: the fine-tuned model through the same inference forward the compressed one
+    # loads with (bertkit.compress.inference), so that the runtime's share of the ratio shows
+    lean_full = Classifier(for_inference(copy.deepcopy(full.model)), full.tokenizer, max_length=128)
+    for batch_size in (1, 32):
+        row[f"latency_ratio_b{batch_size}_same_forward"], row[f"latency_ratio_b{batch_size}_same_forward_spread"] = \
+            latency_ratio(lean_full, small, test_set[:TIMING], batch_size, rounds)
     torch.set_num_threads(1)  # a labelled extra column: batch 1 on one thread, where the float model has no second core to use
     try:
         row["latency_ratio_b1_1thread"], row["latency_ratio_b1_1thread_spread"] = latency_ratio(
