@@ -420,6 +420,40 @@ def test_the_inference_forward_computes_what_transformers_computes_bit_for_bit(i
         assert len(ours) == LAYERS + 1 and all(torch.equal(a, b) for a, b in zip(ours, theirs))
 
 
+def test_the_inference_forward_serves_the_early_exit_path_and_single_texts_unchanged():
+    from bertkit.distill.model import EarlyExitClassifier, ExitRule
+
+    model, tokenizer = _compressed_tiny(int8=True)
+    plain = EarlyExitClassifier(model)
+    lean = EarlyExitClassifier(inference.for_inference(copy.deepcopy(model)), students=copy.deepcopy(plain.students))
+    batch = inputs(batches(tokenizer)[0])
+    args = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    with torch.inference_mode():  # layer by layer with bertkit's additive masks, and one unpadded text
+        assert all(torch.equal(a, b) for a, b in zip(lean.all_logits(*args), plain.all_logits(*args)))
+        one = tuple(t[:1, : int(batch["attention_mask"][0].sum())] for t in args)
+        for rule in (ExitRule(speed=0.0), ExitRule(patience=2)):
+            (p1, l1), (p2, l2) = lean.early_exit(*one, rule), plain.early_exit(*one, rule)
+            assert torch.equal(p1, p2) and torch.equal(l1, l2)
+        no_types = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        assert torch.equal(lean.classifier(**no_types).logits, model(**no_types).logits)
+
+
+def test_a_copy_of_an_inference_model_computes_with_its_own_weights_and_training_is_refused(tmp_path):
+    model, tokenizer = _compressed_tiny(int8=False)
+    lean = inference.for_inference(copy.deepcopy(model))
+    twin = copy.deepcopy(lean)
+    batch = batches(tokenizer)[0]
+    with torch.no_grad():
+        twin.bert.encoder.layer[0].ffn_out.weight.mul_(-1.0)
+    assert torch.equal(logits(lean, batch), logits(model, batch))
+    assert not torch.equal(logits(twin, batch), logits(model, batch))
+    lean.train()
+    with pytest.raises(BertkitError, match="inference only"):
+        lean(**inputs(batch))
+    with pytest.raises(BertkitError, match="inference only"):
+        modelio.save_pretrained(lean, tokenizer, tmp_path / "x")
+
+
 def test_stacked_int8_products_equal_the_separate_ones_exactly():
     torch.manual_seed(0)
     parts = [nn.Linear(32, n) for n in (8, 16, 8)]
@@ -435,7 +469,7 @@ def test_stacked_int8_products_equal_the_separate_ones_exactly():
 def test_a_model_loaded_for_inference_is_not_saved_again(tmp_path):
     model, tokenizer = _compressed_tiny(int8=True)
     loaded, _ = load_compressed(save_compressed(model, tokenizer, tmp_path / "c", []))
-    assert inference.is_for_inference(loaded)
+    assert modelio.is_inference_only(loaded)
     with pytest.raises(BertkitError, match="not saved again"):
         save_compressed(loaded, tokenizer, tmp_path / "again", [])
 

@@ -160,6 +160,15 @@ def test_bad_exit_options_are_one_line_errors(distilled, tiny_model, news_data, 
     odd = tmp_path / "odd.tsv"
     odd.write_text("label\ttext\nweather\t今天天气很好\n", encoding="utf-8")
     assert "weather" in error("eval", str(odd), "-m", str(distilled), "--speed", "0.2")
+    from transformers import AutoModelForSequenceClassification
+
+    from bertkit.compress import model as compressed, quantize
+    from bertkit.core import modelio
+
+    small = modelio.load_model(str(tiny_model), AutoModelForSequenceClassification, num_labels=2)
+    record = quantize.quantize(small)
+    directory = compressed.save_compressed(small, modelio.load_tokenizer(str(tiny_model)), tmp_path / "small", [record])
+    assert "distil the fine-tuned classifier it was compressed from" in error("distill", str(news_data[0]), "-m", str(directory), "-o", str(tmp_path / "o"))
 
 
 def test_student_cls_attention_is_multihead_attention_read_at_cls():

@@ -22,10 +22,10 @@ directory is still in the Hugging Face format:
 - an 8-bit embedding table ``X`` is its buffers ``X.codes`` + ``X.scale``;
 - a tensor of two or more dimensions that is smaller as bitmask + values (sparse) is stored as
   ``NAME.sparse_mask`` + ``NAME.sparse_values`` + ``NAME.sparse_shape`` (:func:`.sparse.pack`).
-Loading gives the same modules back (int8 Linears from the same codes and scales), run by the lean
-inference forward of :mod:`.inference` (query, key and value stacked into one product, the small
-embedding tables decoded once), hence the same logits as the model that was saved, bit for bit
-(tested).
+Loading gives the same weights back (int8 Linears from the same codes and scales), run by the lean
+inference forward of :mod:`.inference` (query, key and value stacked into one product of the
+same codes, the small embedding tables decoded once), hence the same logits as the model that
+was saved, bit for bit (tested).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from ..core.errors import BertkitError
 from ..core.files import atomic_dir, read_json, write_json_atomic
 from ..core.weights import save_tensors
 from .factorize import FactorizedEmbedding
-from .inference import for_inference, is_for_inference
+from .inference import for_inference
 from .quantize import FORMATS, QuantizedEmbedding, int8_linear, is_int8_linear, linear_codes
 from .sparse import pack, unpack, worth_packing
 from .structured import layer_shapes, set_layer_shapes
@@ -65,7 +65,7 @@ def save_compressed(model: nn.Module, tokenizer, directory: Path | str, stages: 
     distill` writes its models, so `bertkit predict` / `eval` run the exits."""
     if not isinstance(model, BertForSequenceClassification):
         raise BertkitError("bertkit compresses fine-tuned BERT classifiers (BertForSequenceClassification) only")
-    if is_for_inference(model):
+    if modelio.is_inference_only(model):
         raise BertkitError("this model was loaded from a compressed directory for inference and is not saved again: "
                            "compress the fine-tuned model instead")
     directory = Path(directory)

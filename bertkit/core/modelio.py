@@ -202,8 +202,16 @@ def load_model(model: str, cls, **kwargs) -> PreTrainedModel:
         raise BertkitError(f"cannot load model {model}: {_first_line(exc)}") from None
 
 
+def is_inference_only(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has modules that run inference only (``inference_only``: a compressed
+    model's lean layers, bertkit.compress.inference), so it is neither trained nor saved again."""
+    return any(getattr(m, "inference_only", False) for m in model.modules())
+
+
 def save_pretrained(model: PreTrainedModel, tokenizer, directory: Path, dtype: torch.dtype | None = None) -> None:
     """Save model + tokenizer in the HF layout; each file appears atomically (written aside, then renamed)."""
+    if is_inference_only(model):
+        raise BertkitError("this model was loaded for inference only (a compressed model): it is not saved again")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / ".saving"

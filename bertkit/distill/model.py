@@ -19,7 +19,9 @@ Where we deviate, and why:
   a plain ``BertForSequenceClassification`` that transformers loads, and any fine-tuned classifier
   can be given a fast path without retraining it.
 - The student's self-attention attends from the [CLS] query only: the one output the next layer
-  uses, and the same value as full self-attention read at [CLS], for 1/T of the attention's cost.
+  uses, and the same value as full self-attention read at [CLS], for 1/T of the attention
+  product's cost (the query projection runs over every token: one product for queries, keys and
+  values costs less than slicing the weights).
 - Two heads in the student's attention, as FastBERT's released code has it (the paper gives none).
 - PABEE trains its classifiers on the labels with a weighted loss; here the patience rule runs on
   the same self-distilled students, so both rules are compared on one model.

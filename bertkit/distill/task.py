@@ -22,6 +22,7 @@ from ..classify.task import run_training
 from ..core import modelio
 from ..core.files import read_json
 from ..core.encoding import TextEncoder, TokenWindow
+from ..core.errors import BertkitError
 from ..core.progress import log
 from ..core.textio import read_texts
 from ..training import TrainConfig, Trainer
@@ -77,9 +78,12 @@ def run_distillation(train_path: str, dev_path: str | None, model: str | None, c
                 return None
         else:
             log(f"stage 1 done earlier: {path}")
-    else:
-        log(f"stage 1 skipped: {path} is a fine-tuned classifier")
     classifier = modelio.load_model(path, AutoModelForSequenceClassification, dtype=torch.float32)
+    if modelio.is_inference_only(classifier):
+        raise BertkitError(f"{path} is a compressed model: distil the fine-tuned classifier it was compressed from "
+                           "(`bertkit compress` trains its own exits)")
+    if path == modelio.resolve_model(model):
+        log(f"stage 1 skipped: {path} is a fine-tuned classifier")
     runner = EarlyExitRunner(EarlyExitClassifier(classifier), modelio.load_tokenizer(path), max_length=max_length)
     train = load_labelled(train_path)
     dev = load_labelled(dev_path) if dev_path else []
