@@ -454,6 +454,15 @@ def test_a_copy_of_an_inference_model_computes_with_its_own_weights_and_training
         modelio.save_pretrained(lean, tokenizer, tmp_path / "x")
 
 
+def test_an_unfactorised_8bit_table_runs_unchanged_and_adds_no_weights():
+    model, tokenizer = tiny_classifier()
+    quantize.quantize(model, embeddings="int8")
+    lean = inference.for_inference(copy.deepcopy(model))
+    assert not [k for k in lean.state_dict() if "._words" in k or "._norm" in k]  # kernels hold no modules of their own
+    for batch in batches(tokenizer):
+        assert torch.equal(logits(lean, batch), logits(model, batch))
+
+
 def test_stacked_int8_products_equal_the_separate_ones_exactly():
     torch.manual_seed(0)
     parts = [nn.Linear(32, n) for n in (8, 16, 8)]
@@ -674,6 +683,11 @@ def test_compress_refuses_a_model_that_is_not_a_fine_tuned_classifier(tiny_model
     result = cli("compress", "-m", str(tiny_model), "--train", str(train), "--dev", str(dev), "-o", str(tmp_path / "c"))
     err = result.stderr.decode()
     assert result.returncode == 1 and err.startswith("error: ") and "not a fine-tuned classifier" in err, err
+    model, tokenizer = _compressed_tiny(int8=True)  # a compressed classifier (kind classifier) is refused up front
+    small = save_compressed(model, tokenizer, tmp_path / "small", [])
+    result = cli("compress", "-m", str(small), "--train", str(train), "--dev", str(dev), "-o", str(tmp_path / "c"))
+    err = result.stderr.decode()
+    assert result.returncode == 1 and err.startswith("error: ") and err.count("\n") == 1 and "already compressed" in err, err
 
 
 def test_recovery_distils_from_a_teacher_that_reads_the_pruned_vocabulary(finetuned, news_data, tmp_path, monkeypatch):

@@ -70,19 +70,19 @@ def kernel(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``module``'s arithmetic as a plain function: a module call costs a small product (a
     60-token text) a fifth of its time.  An int8 Linear: the kernel its forward calls for float32
     input (``quantized.linear_dynamic`` with ``reduce_range``, as module version 4 passes it); a
-    float Linear or LayerNorm: its functional form; anything else: the module itself.  The
+    float Linear or LayerNorm: its functional form; anything else: the module's own call.  The
     functions read the module's current weights at each call (device moves, reloaded weights)."""
     if is_int8_linear(module):
         params = module._packed_params
         if params.dtype != torch.qint8 or getattr(module, "version", None) is None or module.version < 4:
-            return module
+            return module.__call__
         return lambda x: torch.ops.quantized.linear_dynamic(x, params._packed_params, reduce_range=True)
     if type(module) is nn.Linear:
         return lambda x: F.linear(x, module.weight, module.bias)
     if type(module) is nn.LayerNorm:
         shape, eps = module.normalized_shape, module.eps
         return lambda x: F.layer_norm(x, shape, module.weight, module.bias, eps)
-    return module
+    return module.__call__  # a bound method: an attribute holding it is no second child of the module
 
 
 class _Kernels(nn.Module):
@@ -175,7 +175,7 @@ def _word_kernel(words: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     if isinstance(words, FactorizedEmbedding):  # table lookup, then the projection's kernel
         table, project = words.table, kernel(words.project)
         return lambda ids: project(table(ids))
-    return words
+    return words.__call__
 
 
 def _decoded(table: nn.Module) -> torch.Tensor:

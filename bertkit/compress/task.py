@@ -293,6 +293,8 @@ def run_compress(model_path: str | None, train_path: str, dev_path: str, output_
     stages = check_stages(options.stages)
     path = modelio.resolve_model(model_path)
     full = Classifier.load(path, max_length=options.max_length)
+    if modelio.is_inference_only(full.model):
+        raise BertkitError(f"{path} is already compressed: compress the fine-tuned classifier it came from")
     train, dev = load_labelled(train_path), load_labelled(dev_path)
     check_labels(train, full.labels, train_path, "model's")
     check_labels(dev, full.labels, dev_path, "model's")

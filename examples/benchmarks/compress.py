@@ -39,7 +39,7 @@ from _common import ROOT, bertkit, minilm, split_halves
 from bertkit.classify.data import load_labelled  # noqa: E402
 from bertkit.classify.runner import Classifier  # noqa: E402
 from bertkit.cli.classify import load_runner  # noqa: E402
-from bertkit.compress.inference import for_inference  # noqa: E402
+from bertkit.compress.inference import CompressedLayer, for_inference  # noqa: E402
 from bertkit.compress.model import size_on_disk  # noqa: E402
 from bertkit.compress.task import speedup, timed_pair  # noqa: E402
 from bertkit.core import modelio  # noqa: E402
@@ -84,6 +84,7 @@ def run_row(name: str, out: Path, threads: int, rounds: int) -> dict:
     # a labelled column: the fine-tuned model through the same inference forward the compressed one
     # loads with (bertkit.compress.inference), so that the runtime's share of the ratio shows
     lean_full = Classifier(for_inference(copy.deepcopy(full.model)), full.tokenizer, max_length=128)
+    assert isinstance(lean_full.model.bert.encoder.layer[0], CompressedLayer), "the same forward did not apply"
     for batch_size in (1, 32):
         row[f"latency_ratio_b{batch_size}_same_forward"], row[f"latency_ratio_b{batch_size}_same_forward_spread"] = \
             latency_ratio(lean_full, small, test_set[:TIMING], batch_size, rounds)
