@@ -688,6 +688,11 @@ def test_compress_refuses_a_model_that_is_not_a_fine_tuned_classifier(tiny_model
     result = cli("compress", "-m", str(small), "--train", str(train), "--dev", str(dev), "-o", str(tmp_path / "c"))
     err = result.stderr.decode()
     assert result.returncode == 1 and err.startswith("error: ") and err.count("\n") == 1 and "already compressed" in err, err
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("".join(f"{t}\n" for _, t in synthetic_news(8, 5)), encoding="utf-8")
+    result = cli("contrast", str(sentences), "-m", str(small), "-o", str(tmp_path / "ct"))
+    err = result.stderr.decode()
+    assert result.returncode == 1 and err.startswith("error: ") and err.count("\n") == 1 and "inference only" in err, err
 
 
 def test_recovery_distils_from_a_teacher_that_reads_the_pruned_vocabulary(finetuned, news_data, tmp_path, monkeypatch):

@@ -100,6 +100,8 @@ def run_contrast(method: Method, inputs: Sequence[str], dev_path: str | None, mo
     examples = encode_examples(method, inputs, tokenizer)
     torch.manual_seed(cfg.seed)  # the heads' initialisation
     bert = modelio.load_model(path, AutoModel, dtype=torch.float32)
+    if modelio.is_inference_only(bert):
+        raise BertkitError(f"{path} is a compressed model: it runs inference only; train the model it came from")
     if getattr(bert, "pooler", None) is not None:
         bert.pooler.requires_grad_(False)  # unused by every method: DDP needs every trained weight used
     objective = build_objective(method.name, bert)
