@@ -41,7 +41,7 @@ from transformers.models.bert.modeling_bert import BertLayer
 
 from ..core.errors import BertkitError
 from .factorize import FactorizedEmbedding
-from .quantize import QuantizedEmbedding, int8_linear, is_int8_linear, linear_codes
+from .quantize import int8_linear, is_int8_linear, linear_codes
 
 
 INFERENCE_ONLY = "a compressed model runs inference only: train the uncompressed model instead"
@@ -179,8 +179,9 @@ def _word_kernel(words: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _decoded(table: nn.Module) -> torch.Tensor:
-    """An 8-bit table decoded to float32 (as its lookups decode), a float table as it is."""
-    return table.weight.clone() if isinstance(table, QuantizedEmbedding) else table.weight.detach().clone()
+    """A table's rows as its lookups give them: an 8-bit table decoded to float32 (its ``weight``),
+    a float table as it is."""
+    return table.weight.detach().clone()
 
 
 def for_inference(model: nn.Module) -> nn.Module:

@@ -70,19 +70,19 @@ def run_distillation(train_path: str, dev_path: str | None, model: str | None, c
     Returns stage 2's state, or None when stage 1 stopped early (``--max-minutes``): ``--resume``
     goes on with stage 1, then stage 2."""
     out = Path(cfg.output_dir)
-    path = modelio.resolve_model(model)
-    if modelio.Manifest.read(Path(path)).kind not in ("classifier", KIND):
+    given = path = modelio.resolve_model(model)
+    if modelio.Manifest.read(Path(given)).kind not in ("classifier", KIND):
         path = str(out / STAGE1)
         if cfg.overwrite or not stage_finished(Path(path)):
-            if not _stage1(train_path, dev_path, modelio.resolve_model(model), cfg, max_length):
+            if not _stage1(train_path, dev_path, given, cfg, max_length):
                 return None
         else:
             log(f"stage 1 done earlier: {path}")
     classifier = modelio.load_model(path, AutoModelForSequenceClassification, dtype=torch.float32)
-    if modelio.is_inference_only(classifier):
+    if modelio.is_inference_only(classifier):  # checked before any log: bad input is one error line
         raise BertkitError(f"{path} is a compressed model: distil the fine-tuned classifier it was compressed from "
                            "(`bertkit compress` trains its own exits)")
-    if path == modelio.resolve_model(model):
+    if path == given:
         log(f"stage 1 skipped: {path} is a fine-tuned classifier")
     runner = EarlyExitRunner(EarlyExitClassifier(classifier), modelio.load_tokenizer(path), max_length=max_length)
     train = load_labelled(train_path)
